@@ -1,0 +1,180 @@
+"""A simulated headset: a moving, textured camera picture with its frame counter
+and capture time painted in, a tone on the microphone, and a camera pose for
+every frame keyed by the frame's RTP timestamp.
+
+It publishes through the same protocol as the real headset bridge, so the
+whole chain runs with no glasses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import math
+import time
+
+import av
+import cv2
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import AUDIO_PTIME
+
+from clients.sdk import framecode
+from clients.sdk.client import GoldenHourClient
+from server.sfu import aiortc_seams
+
+VIDEO_CLOCK_RATE = 90000
+
+
+def _texture(height: int, width: int, seed: int = 7) -> np.ndarray:
+    """A smooth random texture with grid lines: detail for codecs, cheap to slide."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((height // 4, width // 4)).astype(np.float32)
+    noise = cv2.GaussianBlur(noise, (0, 0), 2.0)
+    noise = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
+    luma = 128 + 60 * noise / (np.abs(noise).max() + 1e-6)
+    luma[::64, :] = 200
+    luma[:, ::64] = 200
+    return np.clip(luma, 16, 235).astype(np.uint8)
+
+
+def camera_pose(t_s: float) -> list[float]:
+    """Camera-to-world pose (row-major 4x4) of a wearer leaning over a patient.
+
+    The camera circles slowly around a point 0.9 m above the floor, looking at
+    it (OpenCV camera axes: x right, y down, z forward; world +Y up).
+    """
+    angle = 0.4 * math.sin(0.3 * t_s)
+    eye = np.array([0.7 * math.sin(angle), 1.6, 0.7 * math.cos(angle)])
+    target = np.array([0.0, 0.9, 0.0])
+    forward = (target - eye) / np.linalg.norm(target - eye)
+    right = np.cross(forward, [0.0, 1.0, 0.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    pose = np.eye(4)
+    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, down, forward, eye
+    return [float(v) for v in pose.reshape(-1)]
+
+
+class SyntheticCameraTrack(MediaStreamTrack):
+    """The headset's photo/video camera, simulated at a fixed frame rate."""
+
+    kind = "video"
+
+    def __init__(self, width: int = 1280, height: int = 720, fps: int = 30) -> None:
+        super().__init__()
+        self.width, self.height, self.fps = width, height, fps
+        self.frame_count = 0
+        self._texture = _texture(height * 2, width * 2)
+        self._chroma = np.full((height // 2, width // 2), 128, np.uint8)
+        self._start: float | None = None
+        #: pts (90 kHz) -> (frame_id, capture_ms, time of capture) of recent frames
+        self.captured: dict[int, tuple[int, int, float]] = {}
+
+    async def recv(self) -> av.VideoFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        frame_id = self.frame_count
+        due = self._start + frame_id / self.fps
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.frame_count += 1
+        t = frame_id / self.fps
+        dx = int((0.5 + 0.5 * math.sin(0.7 * t)) * self.width)
+        dy = int((0.5 + 0.5 * math.cos(0.5 * t)) * self.height)
+        luma = self._texture[dy:dy + self.height, dx:dx + self.width].copy()
+        capture_ms = int(time.time() * 1000)
+        framecode.paint(luma, frame_id, capture_ms)
+        u = self._chroma
+        v = np.full_like(u, 128 + int(40 * math.sin(t)))
+        yuv = np.concatenate([luma, u.reshape(-1, self.width), v.reshape(-1, self.width)])
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        pts = frame_id * (VIDEO_CLOCK_RATE // self.fps)
+        frame.pts = pts
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+        self.captured[pts] = (frame_id, capture_ms, t)
+        if len(self.captured) > 300:
+            del self.captured[next(iter(self.captured))]
+        return frame
+
+
+class ToneTrack(MediaStreamTrack):
+    """The headset microphone, simulated: a quiet 440 Hz tone."""
+
+    kind = "audio"
+
+    def __init__(self, sample_rate: int = 48000) -> None:
+        super().__init__()
+        self._rate = sample_rate
+        self._samples = int(AUDIO_PTIME * sample_rate)
+        self._pts = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        due = self._start + self._pts / self._rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        n = np.arange(self._pts, self._pts + self._samples)
+        tone = (3000 * np.sin(2 * np.pi * 440 * n / self._rate)).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(tone.reshape(1, -1), format="s16", layout="mono")
+        frame.pts = self._pts
+        frame.sample_rate = self._rate
+        frame.time_base = fractions.Fraction(1, self._rate)
+        self._pts += self._samples
+        return frame
+
+
+def intrinsics(width: int, height: int) -> dict:
+    focal = 0.9 * width  # about 70 degrees horizontal field of view
+    return {"width": width, "height": height, "fx": focal, "fy": focal,
+            "cx": (width - 1) / 2, "cy": (height - 1) / 2}
+
+
+class SimulatedCrew:
+    """A crew peer publishing the simulated headset: video, audio and poses."""
+
+    def __init__(self, client: GoldenHourClient, width: int = 1280, height: int = 720,
+                 fps: int = 30, audio: bool = True, video_codec: str | None = None) -> None:
+        self.client = client
+        self.camera = SyntheticCameraTrack(width, height, fps)
+        self.audio = ToneTrack() if audio else None
+        self.video_codec = video_codec
+        self.poses_sent = 0
+        self._origin: int | None = None
+        self._last_timestamp: int | None = None
+
+    async def start(self) -> None:
+        await self.client.connect()
+        tracks: list[MediaStreamTrack] = [self.camera]
+        if self.audio is not None:
+            tracks.append(self.audio)
+        await self.client.publish(tracks, data_channel=True, video_codec=self.video_codec)
+        sender = next(t.sender for t in self.client.publish_pc.getTransceivers()
+                      if t.kind == "video")
+        aiortc_seams.watch_sent_rtp(sender, self._on_video_packet)
+
+    def _on_video_packet(self, sequence_number: int, timestamp: int, marker: bool) -> None:
+        if timestamp == self._last_timestamp:
+            return
+        self._last_timestamp = timestamp
+        if self._origin is None:
+            # The first frame sent is pts 0: it is a keyframe, never dropped.
+            self._origin = timestamp
+        pts = (timestamp - self._origin) & 0xFFFFFFFF
+        captured = self.camera.captured.get(pts)
+        channel = self.client.publish_channel
+        if captured is None or channel is None or channel.readyState != "open":
+            return
+        frame_id, capture_ms, t = captured
+        self.client.send_data({
+            "type": "pose", "rtp_timestamp": timestamp, "T_world_camera": camera_pose(t),
+            "intrinsics": intrinsics(self.camera.width, self.camera.height),
+            "capture_time_ms": capture_ms, "frame_id": frame_id})
+        self.poses_sent += 1
+
+    async def stop(self) -> None:
+        await self.client.close()

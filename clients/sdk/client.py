@@ -1,0 +1,240 @@
+"""A GoldenHour peer in Python, speaking docs/protocol.md.
+
+The simulated crew, the headset bridge, the tests and the benchmarks all use
+it: it joins a room, publishes tracks, answers the server's subscribe offers
+and collects the tracks and data-channel messages it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgpack
+import websockets
+from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection,
+                    RTCSessionDescription)
+from aiortc.contrib.media import MediaBlackhole  # noqa: F401  (re-exported for callers)
+from aiortc.rtcdatachannel import RTCDataChannel
+
+log = logging.getLogger(__name__)
+
+
+class ServerError(Exception):
+    """An `error` message from the server in reply to one of our requests."""
+
+    def __init__(self, message: dict) -> None:
+        super().__init__(f"{message.get('code')}: {message.get('message')}")
+        self.code = message.get("code")
+        self.message = message
+
+
+@dataclass
+class RemoteTrack:
+    """A track we receive, with what the server's offer said about it."""
+
+    track: MediaStreamTrack
+    mid: str
+    info: dict
+    receiver: object = None
+
+
+@dataclass
+class PeerState:
+    peer_id: str = ""
+    peers: dict[str, dict] = field(default_factory=dict)
+
+
+class GoldenHourClient:
+    """One peer: a signaling WebSocket plus publish and subscribe peer connections."""
+
+    def __init__(self, url: str, room: str, role: str, name: str, *, create: bool = False,
+                 binary: bool = True, ssl_context: ssl.SSLContext | None = None,
+                 ice_servers: list[dict] | None = None, token: str | None = None) -> None:
+        self.url = url
+        self.room = room
+        self.role = role
+        self.name = name
+        self.state = PeerState()
+        self.tracks: list[RemoteTrack] = []
+        self.data_messages: list[dict] = []
+        self.errors: list[dict] = []
+        self.on_track: Callable[[RemoteTrack], None] | None = None
+        self.on_data: Callable[[dict], None] | None = None
+        self.publish_pc: RTCPeerConnection | None = None
+        self.publish_channel: RTCDataChannel | None = None
+        self._create = create
+        self._binary = binary
+        self._ssl = ssl_context
+        self._token = token
+        self._rtc_config = RTCConfiguration(
+            iceServers=[RTCIceServer(**s) for s in (ice_servers or [])])
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._ws: websockets.ClientConnection | None = None
+        self._reader: asyncio.Task | None = None
+        self._track_info: dict[str, dict] = {}
+        self._subscribe_pc = RTCPeerConnection(self._rtc_config)
+        self._subscribe_pc.on("track", self._on_subscribe_track)
+        self._subscribe_pc.on("datachannel", self._on_subscribe_channel)
+        self.subscribe_channel_open = asyncio.Event()
+        self.subscribed_revision = 0
+        self._revision_event = asyncio.Condition()
+
+    # --- connection -----------------------------------------------------------
+
+    async def connect(self) -> dict:
+        self._ws = await websockets.connect(self.url, ssl=self._ssl, max_size=2**20)
+        self._reader = asyncio.create_task(self._read_loop())
+        joined = await self.request({"type": "join", "room": self.room, "role": self.role,
+                                     "name": self.name, "create": self._create,
+                                     "token": self._token})
+        self.state.peer_id = joined["peer_id"]
+        self.state.peers = {p["peer_id"]: p for p in joined["peers"]}
+        return joined
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            try:
+                await self._ws.close()
+            except Exception:
+                pass
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        for pc in (self.publish_pc, self._subscribe_pc):
+            if pc is not None:
+                await pc.close()
+
+    async def send_raw(self, frame: bytes | str) -> None:
+        """Send a frame as is (tests of the server's input validation use this)."""
+        assert self._ws is not None
+        await self._ws.send(frame)
+
+    def _encode(self, message: dict) -> bytes | str:
+        message = {k: v for k, v in message.items() if v is not None}
+        return msgpack.packb(message) if self._binary else json.dumps(message)
+
+    async def request(self, message: dict, timeout: float = 10.0) -> dict:
+        """Send a message with a fresh `id` and wait for the reply carrying it."""
+        request_id = next(self._ids)
+        future = asyncio.get_event_loop().create_future()
+        self._pending[request_id] = future
+        await self.send_raw(self._encode({**message, "id": request_id}))
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def send(self, message: dict) -> None:
+        await self.send_raw(self._encode(message))
+
+    async def next_error(self, timeout: float = 5.0) -> dict:
+        """Wait for the next `error` message that answered no request of ours."""
+        start = len(self.errors)
+
+        async def wait() -> dict:
+            while len(self.errors) <= start:
+                await asyncio.sleep(0.01)
+            return self.errors[start]
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def _read_loop(self) -> None:
+        assert self._ws is not None
+        async for frame in self._ws:
+            message = msgpack.unpackb(frame) if isinstance(frame, bytes) else json.loads(frame)
+            future = self._pending.get(message.get("id"))
+            if future is not None and not future.done():
+                if message.get("type") == "error":
+                    future.set_exception(ServerError(message))
+                elif message.get("type") != "subscribe_offer":
+                    future.set_result(message)
+                    continue
+            kind = message.get("type")
+            if kind == "subscribe_offer":
+                await self._answer_subscribe(message)
+            elif kind == "peer_joined":
+                self.state.peers[message["peer"]["peer_id"]] = message["peer"]
+            elif kind == "peer_left":
+                self.state.peers.pop(message["peer_id"], None)
+            elif kind == "error" and future is None:
+                self.errors.append(message)
+
+    # --- publishing -----------------------------------------------------------
+
+    async def publish(self, tracks: list[MediaStreamTrack], data_channel: bool = False,
+                      video_codec: str | None = None) -> dict:
+        """Publish tracks (and open the `goldenhour` data channel); returns the answer."""
+        pc = self.publish_pc = RTCPeerConnection(self._rtc_config)
+        for track in tracks:
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            if track.kind == "video" and video_codec:
+                from aiortc import RTCRtpSender
+                caps = [c for c in RTCRtpSender.getCapabilities("video").codecs
+                        if c.mimeType.lower() in (video_codec.lower(), "video/rtx")]
+                transceiver.setCodecPreferences(caps)
+        if data_channel:
+            self.publish_channel = pc.createDataChannel("goldenhour")
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await self.request({"type": "publish", "sdp": pc.localDescription.sdp})
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        return answer
+
+    def send_data(self, message: dict) -> None:
+        """Send a message on the publish data channel (msgpack)."""
+        assert self.publish_channel is not None
+        self.publish_channel.send(msgpack.packb(message))
+
+    # --- subscribing ----------------------------------------------------------
+
+    async def _answer_subscribe(self, offer: dict) -> None:
+        for info in offer["tracks"]:
+            self._track_info[info["mid"]] = info
+        pc = self._subscribe_pc
+        await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await self.send({"type": "subscribe_answer", "sdp": pc.localDescription.sdp,
+                         "revision": offer["revision"]})
+        async with self._revision_event:
+            self.subscribed_revision = offer["revision"]
+            self._revision_event.notify_all()
+
+    def _on_subscribe_track(self, track: MediaStreamTrack) -> None:
+        for transceiver in self._subscribe_pc.getTransceivers():
+            if transceiver.receiver.track is track:
+                remote = RemoteTrack(track=track, mid=transceiver.mid,
+                                     info=self._track_info.get(transceiver.mid, {}),
+                                     receiver=transceiver.receiver)
+                self.tracks.append(remote)
+                if self.on_track is not None:
+                    self.on_track(remote)
+                return
+
+    def _on_subscribe_channel(self, channel: RTCDataChannel) -> None:
+        @channel.on("open")
+        def on_open() -> None:
+            self.subscribe_channel_open.set()
+
+        if channel.readyState == "open":
+            self.subscribe_channel_open.set()
+
+        @channel.on("message")
+        def on_message(data: bytes | str) -> None:
+            message = msgpack.unpackb(data) if isinstance(data, bytes) else json.loads(data)
+            self.data_messages.append(message)
+            if self.on_data is not None:
+                self.on_data(message)
+
+    async def wait_for_track(self, kind: str, timeout: float = 10.0) -> RemoteTrack:
+        async def wait() -> RemoteTrack:
+            while True:
+                for remote in self.tracks:
+                    if remote.track.kind == kind:
+                        return remote
+                await asyncio.sleep(0.01)
+        return await asyncio.wait_for(wait(), timeout)

@@ -1,0 +1,100 @@
+"""The HTTP/WebSocket application: health, signaling, the browser pages, stats."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket
+
+import server
+from server.config import Config
+from server.rooms.room import RoomRegistry
+from server.sfu import aiortc_seams
+from server.signaling.session import SignalingSession
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "tablet_web" / "static"
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def create_app(config: Config) -> Starlette:
+    aiortc_seams.use_loopback_ice(config.ice_loopback or config.ice_loopback_only,
+                                  only=config.ice_loopback_only)
+    registry = RoomRegistry(config)
+    started = time.time()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        # Close every peer connection, or shutdown (and test teardown) hangs.
+        await registry.close()
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({
+            "status": "ok", "version": server.__version__,
+            "uptime_s": round(time.time() - started, 1),
+            "rooms": len(registry.rooms),
+            "peers": sum(len(r.peers) for r in registry.rooms),
+        })
+
+    async def rooms(request: Request) -> JSONResponse:
+        return JSONResponse([{
+            "room": r.name, "persistent": r.persistent,
+            "peers": [{"peer_id": p.id, "name": p.name, "role": p.role} for p in r.peers],
+        } for r in registry.rooms])
+
+    async def stats(request: Request) -> JSONResponse:
+        """Media counters and forwarding delay (RTP packet in to last copy out), per producer."""
+        out = []
+        for room in registry.rooms:
+            for entry in room.router.stats():
+                producer = room.router.producer(entry["producer_id"])
+                delays = list(producer.forwarding_delays_s) if producer else []
+                if request.query_params.get("reset") == "1" and producer:
+                    producer.forwarding_delays_s.clear()
+                entry["room"] = room.name
+                entry["forwarding_ms"] = {
+                    "n": len(delays),
+                    "p50": _ms(_percentile(delays, 0.50)),
+                    "p99": _ms(_percentile(delays, 0.99)),
+                    "mean": _ms(statistics.fmean(delays)) if delays else None,
+                }
+                out.append(entry)
+        return JSONResponse(out)
+
+    async def signaling(websocket: WebSocket) -> None:
+        await SignalingSession(websocket, registry, config).run()
+
+    async def index(request: Request) -> RedirectResponse:
+        room = config.demo_room or ""
+        return RedirectResponse(f"/app/viewer.html?room={room}")
+
+    app = Starlette(routes=[
+        Route("/", index),
+        Route("/healthz", health),
+        Route("/api/rooms", rooms),
+        Route("/api/stats", stats),
+        WebSocketRoute("/ws", signaling),
+        Mount("/app", StaticFiles(directory=WEB_ROOT, html=True), name="app"),
+    ], lifespan=lifespan)
+    app.state.registry = registry
+    app.state.config = config
+    return app
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)

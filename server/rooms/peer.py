@@ -1,0 +1,256 @@
+"""A peer: one participant of a room and the two peer connections it holds with us.
+
+Like LiveKit, each peer has a *publish* connection (the client offers what it
+sends; we answer) and a *subscribe* connection (we offer the room's other
+producers and a data channel; the client answers). Keeping the two apart
+means neither side ever has to resolve offer glare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiortc import (RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender,
+                    RTCSessionDescription)
+from aiortc.codecs import is_rtx
+from aiortc.rtcdatachannel import RTCDataChannel
+from aiortc.sdp import SessionDescription, candidate_from_sdp
+
+from server.sfu import aiortc_seams
+from server.sfu.producer import Producer
+from server.signaling import messages as m
+
+if TYPE_CHECKING:
+    from server.config import Config
+    from server.rooms.room import Room
+
+log = logging.getLogger(__name__)
+
+DATA_CHANNEL_LABEL = "goldenhour"
+
+#: What each role may publish (m-line kinds with a sending direction).
+PUBLISHABLE = {"crew": {"audio", "video"}, "expert": {"audio"}, "observer": set()}
+
+
+def _sending_kinds(sdp: str) -> set[str]:
+    try:
+        description = SessionDescription.parse(sdp)
+    except Exception as exc:  # aiortc raises ValueError, IndexError, KeyError...
+        raise m.ProtocolError("invalid_sdp", f"SDP could not be parsed: {exc!r}") from None
+    if not description.media:
+        raise m.ProtocolError("invalid_sdp", "SDP has no media sections")
+    return {media.kind for media in description.media
+            if media.kind in ("audio", "video") and media.direction in (None, "sendrecv",
+                                                                        "sendonly")}
+
+
+def _codec_capability(kind: str, mime_type: str, parameters: dict) -> list:
+    """The send capabilities that reproduce a producer's codec exactly (plus RTX)."""
+    capabilities = RTCRtpSender.getCapabilities(kind).codecs
+    same = [c for c in capabilities if c.mimeType.lower() == mime_type.lower()]
+    wanted = {k: parameters.get(k) for k in ("packetization-mode", "profile-level-id")
+              if k in parameters}
+    exact = [c for c in same if all(str(c.parameters.get(k)) == str(v)
+                                    for k, v in wanted.items())]
+    chosen = (exact or same)[:1]
+    if not chosen:
+        raise RuntimeError(f"no send capability for {mime_type}")
+    rtx = [c for c in capabilities if c.mimeType.lower() == f"{kind}/rtx"]
+    return chosen + rtx
+
+
+class Peer:
+    """A crew member, expert or observer in one room."""
+
+    def __init__(self, room: Room, peer_id: str, name: str, role: m.Role, config: Config,
+                 notify: Callable[[m._Message], None]) -> None:
+        self.id = peer_id
+        self.name = name
+        self.role = role
+        self.room = room
+        self._config = config
+        self._notify = notify
+        self._rtc_config = RTCConfiguration(
+            iceServers=[RTCIceServer(**server) for server in config.ice_servers])
+        self._publish_pc: RTCPeerConnection | None = None
+        self._subscribe_pc = RTCPeerConnection(self._rtc_config)
+        self._subscribe_channel: RTCDataChannel = self._subscribe_pc.createDataChannel(
+            DATA_CHANNEL_LABEL)
+        self._producers: dict[int, Producer] = {}  # by id() of the publish transceiver
+        self._pending_producers: list[Producer] = []
+        self._tracks: list[m.TrackInfo] = []
+        self._transceivers: list[tuple[object, Producer]] = []
+        self._revision = 0
+        self._awaiting_answer = False
+        self._renegotiate = False
+        self._negotiation_lock = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def info(self) -> m.PeerInfo:
+        return m.PeerInfo(peer_id=self.id, name=self.name, role=self.role)
+
+    @property
+    def producers(self) -> list[Producer]:
+        return list(self._producers.values())
+
+    @property
+    def video_producer(self) -> Producer | None:
+        return next((p for p in self._producers.values() if p.kind == "video"), None)
+
+    # --- publishing -----------------------------------------------------------
+
+    async def publish(self, sdp: str) -> m.PublishAnswer:
+        allowed = PUBLISHABLE[self.role]
+        kinds = _sending_kinds(sdp)
+        if not allowed:
+            raise m.ProtocolError("forbidden", f"role {self.role} may not publish", "publish")
+        if kinds - allowed:
+            raise m.ProtocolError(
+                "forbidden", f"role {self.role} may publish {', '.join(sorted(allowed))} only, "
+                f"not {', '.join(sorted(kinds - allowed))}", "publish")
+        if self._publish_pc is None:
+            self._publish_pc = RTCPeerConnection(self._rtc_config)
+            self._publish_pc.on("datachannel", self._on_publish_channel)
+        pc = self._publish_pc
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:
+            # The connection may be half-configured: start afresh next time.
+            self._publish_pc = None
+            await pc.close()
+            raise m.ProtocolError("invalid_sdp", f"SDP offer rejected: {exc!r}", "publish") from None
+        created = []
+        for transceiver in pc.getTransceivers():
+            key = id(transceiver)
+            if key in self._producers or transceiver.currentDirection not in ("recvonly",
+                                                                             "sendrecv"):
+                continue
+            codecs = [c for c in aiortc_seams.negotiated_codecs(transceiver) if not is_rtx(c)]
+            if not codecs:
+                continue
+            producer = self.room.router.create_producer(
+                transceiver.receiver, transceiver.kind, codecs[0].mimeType,
+                dict(codecs[0].parameters), self.id)
+            self._producers[key] = producer
+            created.append(producer)
+        if created:
+            log.info("peer published", extra={"peer": self.id, "room": self.room.name,
+                                               "producers": [p.id for p in created]})
+            asyncio.get_event_loop().create_task(self.room.on_new_producers(self, created))
+        return m.PublishAnswer(sdp=pc.localDescription.sdp,
+                               producer_ids=[p.id for p in self._producers.values()])
+
+    def _on_publish_channel(self, channel: RTCDataChannel) -> None:
+        @channel.on("message")
+        def on_message(data: bytes | str) -> None:
+            try:
+                message, binary = m.parse_frame(data, m.DataMessage)
+                self._on_data_message(message)
+            except m.ProtocolError as exc:
+                if channel.readyState == "open":
+                    channel.send(m.encode(m.error_for(exc), isinstance(data, bytes)))
+
+    def _on_data_message(self, message: object) -> None:
+        if isinstance(message, m.CameraPose):
+            if self.role != "crew":
+                raise m.ProtocolError("forbidden", f"role {self.role} may not send poses", "pose")
+            m.validate_pose(message)
+            producer = self.video_producer
+            if producer is None:
+                raise m.ProtocolError("no_video", "pose sent before any video was published",
+                                      "pose")
+            self.room.on_pose(self, producer, message)
+        else:
+            raise m.ProtocolError("unexpected", f"{type(message).__name__} is not accepted "
+                                  "on the data channel")
+
+    # --- subscribing ----------------------------------------------------------
+
+    async def subscribe(self, producers: list[Producer]) -> None:
+        """Add the given producers to this peer's subscribe connection."""
+        if self._closed:
+            return
+        self._pending_producers.extend(p for p in producers if p.peer_id != self.id)
+        await self._negotiate()
+
+    async def _negotiate(self) -> None:
+        async with self._negotiation_lock:
+            if self._closed:
+                return
+            if self._awaiting_answer:
+                self._renegotiate = True
+                return
+            pc = self._subscribe_pc
+            added = []
+            for producer in self._pending_producers:
+                transceiver = pc.addTransceiver(producer.kind, direction="sendonly")
+                transceiver.setCodecPreferences(_codec_capability(
+                    producer.kind, producer.mime_type, producer.codec_parameters))
+                self.room.router.create_consumer(producer, transceiver.sender, self.id)
+                self._transceivers.append((transceiver, producer))
+                added.append(producer)
+            self._pending_producers.clear()
+            if self._revision > 0 and not added:
+                return
+            await pc.setLocalDescription(await pc.createOffer())
+            self._revision += 1
+            self._awaiting_answer = True
+            tracks = [m.TrackInfo(mid=t.mid, producer_id=p.id, peer_id=p.peer_id, kind=p.kind,
+                                  codec=p.mime_type)
+                      for t, p in self._transceivers if t.mid is not None]
+            self._notify(m.SubscribeOffer(sdp=pc.localDescription.sdp, revision=self._revision,
+                                          tracks=tracks))
+
+    async def apply_subscribe_answer(self, sdp: str, revision: int) -> None:
+        async with self._negotiation_lock:
+            if not self._awaiting_answer or revision != self._revision:
+                raise m.ProtocolError(
+                    "stale_answer", f"answer for revision {revision}, but the open offer is "
+                    f"{self._revision if self._awaiting_answer else 'none'}", "subscribe_answer")
+            try:
+                await self._subscribe_pc.setRemoteDescription(
+                    RTCSessionDescription(sdp=sdp, type="answer"))
+            except Exception as exc:
+                raise m.ProtocolError("invalid_sdp", f"SDP answer rejected: {exc!r}",
+                                      "subscribe_answer") from None
+            self._awaiting_answer = False
+            again = self._renegotiate
+            self._renegotiate = False
+        if again:
+            await self._negotiate()
+
+    async def add_ice_candidate(self, pc_name: str, candidate: str, sdp_mid: str | None,
+                                sdp_mline_index: int | None) -> None:
+        pc = self._publish_pc if pc_name == "publish" else self._subscribe_pc
+        if pc is None:
+            raise m.ProtocolError("no_connection", f"no {pc_name} connection yet", "ice")
+        if not candidate:
+            return  # end-of-candidates: aiortc needs no signal
+        try:
+            parsed = candidate_from_sdp(candidate.removeprefix("candidate:"))
+        except Exception as exc:
+            raise m.ProtocolError("invalid_field", f"ice: bad candidate: {exc!r}", "ice") from None
+        parsed.sdpMid = sdp_mid
+        parsed.sdpMLineIndex = sdp_mline_index
+        await pc.addIceCandidate(parsed)
+
+    def send_data(self, message: m._Message) -> None:
+        """Send a message on this peer's subscribe data channel (msgpack), if open."""
+        if self._subscribe_channel.readyState == "open":
+            self._subscribe_channel.send(m.encode(message, binary=True))
+
+    def notify(self, message: m._Message) -> None:
+        self._notify(message)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for pc in (self._publish_pc, self._subscribe_pc):
+            if pc is not None:
+                await pc.close()

@@ -1,0 +1,137 @@
+"""Rooms: who is in a session, and how their media and messages meet.
+
+A room's state is its peers, its router (media) and its pose histories. Only
+this module decides who receives what; the signaling edge calls in with
+validated messages, the router knows nothing of peers beyond their ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from server.config import Config
+from server.rooms.peer import Peer
+from server.rooms.poses import PoseHistory
+from server.sfu.producer import Producer
+from server.sfu.router import Router
+from server.signaling import messages as m
+
+log = logging.getLogger(__name__)
+
+
+class Room:
+    """One emergency: a crew (or several), the experts guiding them, observers."""
+
+    def __init__(self, name: str, persistent: bool = False) -> None:
+        self.name = name
+        self.persistent = persistent
+        self.created_at = time.time()
+        self.router = Router()
+        self._peers: dict[str, Peer] = {}
+        self._poses: dict[str, PoseHistory] = {}
+
+    @property
+    def peers(self) -> tuple[Peer, ...]:
+        return tuple(self._peers.values())
+
+    def pose_history(self, producer_id: str) -> PoseHistory | None:
+        return self._poses.get(producer_id)
+
+    async def join(self, name: str, role: m.Role, config: Config,
+                   notify: Callable[[m._Message], None]) -> Peer:
+        peer = Peer(self, uuid.uuid4().hex[:12], name, role, config, notify)
+        others = self.peers
+        self._peers[peer.id] = peer
+        notify(m.Joined(protocol=m.PROTOCOL_VERSION, peer_id=peer.id, room=self.name, role=role,
+                        peers=[p.info for p in others], ice_servers=config.ice_servers,
+                        max_message_bytes=m.MAX_MESSAGE_BYTES))
+        for other in others:
+            other.notify(m.PeerJoined(peer=peer.info))
+        log.info("peer joined", extra={"room": self.name, "peer": peer.id, "role": role})
+        await peer.subscribe([p for p in self.router.producers if p.peer_id != peer.id])
+        return peer
+
+    async def on_new_producers(self, source: Peer, producers: list[Producer]) -> None:
+        for producer in producers:
+            if producer.kind == "video":
+                self._poses.setdefault(producer.id, PoseHistory())
+        for peer in self.peers:
+            if peer is not source:
+                try:
+                    await peer.subscribe(producers)
+                except Exception:  # one peer's failure must not starve the others
+                    log.exception("subscribe failed", extra={"room": self.name,
+                                                             "peer": peer.id})
+
+    def on_pose(self, source: Peer, producer: Producer, pose: m.CameraPose) -> None:
+        pose.producer_id = producer.id
+        pose.peer_id = source.id
+        history = self._poses.setdefault(producer.id, PoseHistory())
+        history.add(pose)
+        for peer in self._peers.values():
+            if peer is not source:
+                peer.send_data(pose)
+
+    async def leave(self, peer: Peer) -> None:
+        if self._peers.pop(peer.id, None) is None:
+            return
+        for producer_id in self.router.close_peer(peer.id):
+            self._poses.pop(producer_id, None)
+        await peer.close()
+        for other in self._peers.values():
+            other.notify(m.PeerLeft(peer_id=peer.id))
+        log.info("peer left", extra={"room": self.name, "peer": peer.id})
+
+    async def close(self) -> None:
+        for peer in list(self._peers.values()):
+            await self.leave(peer)
+        self.router.close()
+
+
+class RoomRegistry:
+    """All rooms of this server process.
+
+    Rooms live in memory; the registry is the one place that would move to an
+    external store when rooms span machines.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._rooms: dict[str, Room] = {}
+        if config.demo_room:
+            self._rooms[config.demo_room] = Room(config.demo_room, persistent=True)
+
+    @property
+    def rooms(self) -> tuple[Room, ...]:
+        return tuple(self._rooms.values())
+
+    def get(self, name: str) -> Room | None:
+        return self._rooms.get(name)
+
+    def open(self, name: str, role: m.Role, create: bool) -> Room:
+        room = self._rooms.get(name)
+        if room is not None:
+            return room
+        if create and role == "crew" and self._config.crew_may_create_rooms:
+            room = self._rooms[name] = Room(name)
+            log.info("room created", extra={"room": name})
+            return room
+        hint = " (only a crew may create a room, with create: true)" if create or role == "crew" \
+            else ""
+        raise m.ProtocolError("room_not_found", f"room {name!r} does not exist{hint}", "join")
+
+    async def leave(self, peer: Peer) -> None:
+        room = peer.room
+        await room.leave(peer)
+        if not room.peers and not room.persistent and self._rooms.get(room.name) is room:
+            del self._rooms[room.name]
+            room.router.close()
+            log.info("room closed", extra={"room": room.name})
+
+    async def close(self) -> None:
+        for room in list(self._rooms.values()):
+            await room.close()
+        self._rooms.clear()

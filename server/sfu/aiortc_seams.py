@@ -1,0 +1,236 @@
+"""Every reliance on aiortc's and aioice's internals, in one place.
+
+aiortc has no public API for forwarding encoded RTP: its receiver always
+reassembles and decodes, its sender always packetizes what a track yields.
+A pass-through SFU needs to take packets out of a receiver before its jitter
+buffer and to put packets into a sender's RTP path (so that the sender's own
+RTCP, NACK/RTX retransmission and sender reports keep working).
+
+The hooks below touch private, name-mangled attributes of aiortc 1.16.0 (the
+version pinned in pyproject.toml). tests/test_aiortc_seams.py checks each one
+against the installed aiortc, so an upgrade fails there, loudly, first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aioice.ice
+from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender
+from aiortc import clock
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcrtpreceiver import TimestampMapper
+from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket
+
+SUPPORTED_AIORTC = "1.16.0"
+
+# --- ICE on loopback ----------------------------------------------------------
+
+_original_get_host_addresses = aioice.ice.get_host_addresses
+
+
+def use_loopback_ice(enabled: bool, only: bool = False) -> None:
+    """Make aioice offer 127.0.0.1 as a host candidate.
+
+    aioice leaves loopback out on purpose (RFC 8445 section 5.1.1.1), so in a
+    loopback-only network namespace aiortc would offer no candidate at all.
+    `only=True` offers nothing but loopback: tests use it so that no packet
+    ever leaves the machine.
+    """
+    if not enabled:
+        aioice.ice.get_host_addresses = _original_get_host_addresses
+        return
+
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        addresses = [] if only else _original_get_host_addresses(use_ipv4, use_ipv6)
+        if use_ipv4 and "127.0.0.1" not in addresses:
+            addresses.insert(0, "127.0.0.1")
+        return addresses
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
+# --- receiver side: packets out before the jitter buffer ---------------------
+
+class _PacketTap:
+    """Stands in for a receiver's jitter buffer and keeps the last packet.
+
+    The receiver calls `add()` after it has unwrapped RTX, updated its RTCP
+    statistics and sent NACKs for gaps, which is exactly the state we want.
+    Returning (False, None) means no frame is ever handed to the decoder.
+    """
+
+    __slots__ = ("packet",)
+
+    def __init__(self) -> None:
+        self.packet: RtpPacket | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, None]:
+        self.packet = packet
+        return False, None
+
+
+def tap_receiver(receiver: RTCRtpReceiver,
+                 on_packet: Callable[[RtpPacket], Awaitable[None]]) -> None:
+    """Forward each RTP packet the receiver accepts to `on_packet`, undecoded.
+
+    Packets arrive in network order (retransmissions late), already unwrapped
+    from RTX, with the publisher's SSRC, sequence number and timestamp.
+    """
+    tap = _PacketTap()
+    receiver._RTCRtpReceiver__jitter_buffer = tap  # type: ignore[attr-defined]
+    original = receiver._handle_rtp_packet
+
+    async def handle_rtp_packet(packet: RtpPacket, arrival_time_ms: int) -> None:
+        await original(packet, arrival_time_ms)
+        forwarded = tap.packet
+        if forwarded is not None:
+            tap.packet = None
+            await on_packet(forwarded)
+
+    receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
+
+
+async def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    """Send a PLI for `media_ssrc` to the publisher behind `receiver`."""
+    await receiver._send_rtcp_pli(media_ssrc)
+
+
+def record_rtp_timestamps(receiver: RTCRtpReceiver) -> dict[int, int]:
+    """Map each decoded frame's pts back to the RTP timestamp it arrived with.
+
+    aiortc rebases RTP timestamps to start at 0 before decoding; clients that
+    look up a frame's camera pose need the original. Returns a dict filled as
+    frames are decoded (pts -> RTP timestamp), bounded to the last 512 frames.
+    """
+    table: dict[int, int] = {}
+    mapper: TimestampMapper = receiver._RTCRtpReceiver__timestamp_mapper  # type: ignore
+    original = mapper.map
+
+    def map_and_record(timestamp: int) -> int:
+        pts = original(timestamp)
+        table[pts] = timestamp
+        if len(table) > 512:
+            del table[next(iter(table))]
+        return pts
+
+    mapper.map = map_and_record  # type: ignore[method-assign]
+    return table
+
+
+# --- sender side: packets in without a track ---------------------------------
+
+class HoldTrack(MediaStreamTrack):
+    """A track that never yields, so a forwarding sender's own RTP loop idles.
+
+    An aiortc sender with no track polls every 20 ms; with this track its RTP
+    task sleeps on one future until stopped, costing nothing per subscriber.
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._stopped = asyncio.get_event_loop().create_future()
+
+    async def recv(self) -> Any:
+        await asyncio.shield(self._stopped)
+        raise MediaStreamError
+
+    def stop(self) -> None:
+        if not self._stopped.done():
+            self._stopped.set_result(None)
+        super().stop()
+
+
+class RtpInjector:
+    """Puts already-encoded RTP packets into an aiortc sender's RTP path.
+
+    It builds the packet with the sender's SSRC, the negotiated payload type
+    and header extensions, stores it in the sender's retransmission history
+    (so the sender answers this subscriber's NACKs itself, over RTX when
+    negotiated), and updates the counters its RTCP sender reports use.
+    """
+
+    def __init__(self, sender: RTCRtpSender, on_keyframe_request: Callable[[], None],
+                 on_ready: Callable[[], None]) -> None:
+        self._sender = sender
+        self.payload_type: int | None = None
+        self._history: dict[int, RtpPacket] = sender._RTCRtpSender__rtp_history  # type: ignore
+        self._extensions_map = sender._RTCRtpSender__rtp_header_extensions_map  # type: ignore
+        self._transport = sender.transport
+        self._started = asyncio.Event()
+        # A subscriber's PLI/FIR reaches the sender's `_send_keyframe`, which
+        # would only flag its (unused) encoder: route it to the SFU instead.
+        sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
+        original_send = sender.send
+
+        async def send(parameters: Any) -> None:
+            self.payload_type = parameters.codecs[0].payloadType
+            self._transport = sender.transport
+            await original_send(parameters)
+            self._started.set()
+            on_ready()
+
+        sender.send = send  # type: ignore[method-assign]
+
+    @property
+    def ready(self) -> bool:
+        return self._started.is_set() and self._transport.state == "connected"
+
+    @property
+    def ssrc(self) -> int:
+        return self._sender._ssrc
+
+    async def send(self, source: RtpPacket, sequence_number: int, timestamp: int) -> None:
+        sender = self._sender
+        packet = RtpPacket(payload_type=self.payload_type, marker=source.marker,
+                           sequence_number=sequence_number, timestamp=timestamp,
+                           ssrc=sender._ssrc, payload=source.payload)
+        ext = packet.extensions
+        ext.abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
+        ext.mid = sender._RTCRtpSender__mid  # type: ignore[attr-defined]
+        if source.extensions.audio_level is not None:
+            ext.audio_level = source.extensions.audio_level
+        self._history[sequence_number % RTP_HISTORY_SIZE] = packet
+        await self._transport._send_rtp(packet.serialize(self._extensions_map))
+        sender._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore
+        sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore
+        sender._RTCRtpSender__octet_count += len(packet.payload)  # type: ignore
+        sender._RTCRtpSender__packet_count += 1  # type: ignore
+
+
+def negotiated_codecs(transceiver: Any) -> list[Any]:
+    """The codecs a transceiver negotiated, preferred first (RTX entries included)."""
+    return list(transceiver._codecs)
+
+
+def watch_sent_rtp(sender: RTCRtpSender,
+                   on_packet: Callable[[int, int, bool], None]) -> None:
+    """Call on_packet(sequence_number, rtp_timestamp, marker) for each RTP packet
+    `sender` puts on the wire.
+
+    aiortc picks a random RTP timestamp origin inside its sender's RTP task and
+    never exposes it; a publisher that keys camera poses by RTP timestamp
+    learns the mapping from what actually goes out. Call after the transport
+    exists (after setLocalDescription).
+    """
+    transport = sender.transport
+    original = transport._send_rtp
+    watched: dict[int, Callable[[int, int, bool], None]] = getattr(
+        transport, "_goldenhour_watched", {})
+    watched[sender._ssrc] = on_packet
+    if getattr(transport, "_goldenhour_watched", None) is None:
+        transport._goldenhour_watched = watched  # type: ignore[attr-defined]
+
+        async def send_rtp(data: bytes) -> None:
+            # RTP, not RTCP (RFC 5761: payload types 64-95 are RTCP's range)
+            if len(data) >= 12 and not 192 <= data[1] <= 223:
+                callback = watched.get(int.from_bytes(data[8:12], "big"))
+                if callback is not None:
+                    callback(int.from_bytes(data[2:4], "big"),
+                             int.from_bytes(data[4:8], "big"), bool(data[1] & 0x80))
+            await original(data)
+
+        transport._send_rtp = send_rtp  # type: ignore[method-assign]

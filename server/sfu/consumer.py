@@ -1,0 +1,96 @@
+"""A consumer: one subscriber's outgoing copy of a producer."""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from typing import TYPE_CHECKING
+
+from aiortc import RTCRtpSender
+from aiortc.rtp import RtpPacket
+
+from server.sfu.aiortc_seams import HoldTrack, RtpInjector
+
+if TYPE_CHECKING:
+    from server.sfu.producer import Producer
+
+log = logging.getLogger(__name__)
+
+
+class Consumer:
+    """One subscriber's copy of a producer, with its own SSRC, sequence numbers,
+    retransmission history (in the aiortc sender) and keyframe state.
+
+    RTP timestamps pass through unchanged, so poses keyed by the publisher's
+    RTP timestamp match the frames the subscriber sees.
+    """
+
+    def __init__(self, producer: Producer, sender: RTCRtpSender, subscriber_id: str) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.producer = producer
+        self.subscriber_id = subscriber_id
+        self.waiting_for_keyframe = True
+        self.packets_out = 0
+        self.packets_dropped = 0
+        self.keyframe_requests = 0
+        self._hold = HoldTrack(producer.kind)
+        sender.replaceTrack(self._hold)
+        self._injector = RtpInjector(sender, self._on_subscriber_keyframe_request,
+                                      on_ready=producer.request_keyframe)
+        self._seq_offset = 0
+        self._start_seq = 0
+        self._next_seq = random.randrange(0, 32768)
+        self._closed = False
+        producer.add_consumer(self)
+
+    @property
+    def wants_keyframe(self) -> bool:
+        """Waiting for a keyframe on a transport that can carry it."""
+        return self.waiting_for_keyframe and self._injector.ready and not self._closed
+
+    def _on_subscriber_keyframe_request(self) -> None:
+        self.keyframe_requests += 1
+        self.producer.request_keyframe()
+
+    async def forward(self, packet: RtpPacket) -> None:
+        """Send one packet; the producer calls this only from a keyframe start on
+        while `waiting_for_keyframe` is set."""
+        if self._closed:
+            return
+        if not self._injector.ready:
+            self.packets_dropped += 1
+            self._restart()
+            return
+        seq = packet.sequence_number
+        if self.waiting_for_keyframe:
+            # Rebase so the subscriber sees contiguous sequence numbers across
+            # the packets we never sent it.
+            self._seq_offset = (self._next_seq - seq) & 0xFFFF
+            self._start_seq = seq
+            self.waiting_for_keyframe = False
+        elif (seq - self._start_seq) & 0xFFFF >= 0x8000:
+            return  # a late retransmission from before this consumer started
+        out_seq = (seq + self._seq_offset) & 0xFFFF
+        try:
+            await self._injector.send(packet, out_seq, packet.timestamp)
+        except ConnectionError:
+            self.packets_dropped += 1
+            self._restart()
+            return
+        if (out_seq - self._next_seq) & 0xFFFF < 0x8000:
+            self._next_seq = (out_seq + 1) & 0xFFFF
+        self.packets_out += 1
+
+    def _restart(self) -> None:
+        """Start over on the next keyframe (transport not ready, or it failed)."""
+        if not self.waiting_for_keyframe:
+            self.waiting_for_keyframe = True
+            self.producer.request_keyframe()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.producer.remove_consumer(self)
+        self._hold.stop()

@@ -1,0 +1,126 @@
+"""A producer: one incoming track of a publisher, forwarded undecoded to its consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING
+
+from aiortc import RTCRtpReceiver
+from aiortc.rtp import RtpPacket
+
+from server.sfu import aiortc_seams
+from server.sfu.keyframes import keyframe_detector
+
+if TYPE_CHECKING:
+    from server.sfu.consumer import Consumer
+
+log = logging.getLogger(__name__)
+
+#: Keyframe requests upstream are coalesced to at most one per this interval
+#: (seconds); a request inside the window is deferred to its end, never dropped.
+KEYFRAME_REQUEST_INTERVAL_S = 0.3
+#: While any consumer waits for a keyframe, ask again this often (seconds):
+#: the first PLI or the keyframe itself may be lost.
+KEYFRAME_RETRY_S = 0.5
+
+
+class Producer:
+    """One encoded track arriving from a publisher (the glasses' camera, a microphone).
+
+    It taps the aiortc receiver before its jitter buffer and hands every packet,
+    in arrival order, to each consumer. It owns upstream keyframe requests.
+    """
+
+    def __init__(self, receiver: RTCRtpReceiver, kind: str, mime_type: str,
+                 codec_parameters: dict, peer_id: str) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.kind = kind
+        self.mime_type = mime_type
+        self.codec_parameters = codec_parameters
+        self.peer_id = peer_id
+        self.media_ssrc: int | None = None
+        self.packets_in = 0
+        self.keyframe_requests_sent = 0
+        #: (seconds from packet arrival to its last consumer send), recent packets.
+        self.forwarding_delays_s: deque[float] = deque(maxlen=20000)
+        self._receiver = receiver
+        self._consumers: list[Consumer] = []
+        self._is_keyframe_start = keyframe_detector(mime_type)
+        self._last_request = -1e9
+        self._deferred: asyncio.TimerHandle | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._loop = asyncio.get_event_loop()
+        aiortc_seams.tap_receiver(receiver, self._on_packet)
+
+    @property
+    def consumers(self) -> tuple[Consumer, ...]:
+        return tuple(self._consumers)
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        self._consumers.append(consumer)
+
+    def remove_consumer(self, consumer: Consumer) -> None:
+        if consumer in self._consumers:
+            self._consumers.remove(consumer)
+
+    async def _on_packet(self, packet: RtpPacket) -> None:
+        arrived = time.perf_counter()
+        self.media_ssrc = packet.ssrc
+        self.packets_in += 1
+        consumers = self._consumers
+        if not consumers or self._closed:
+            return
+        is_key = None
+        for consumer in consumers:
+            if consumer.waiting_for_keyframe:
+                if is_key is None:
+                    is_key = self._is_keyframe_start(packet.payload)
+                if not is_key:
+                    continue
+            await consumer.forward(packet)
+        self.forwarding_delays_s.append(time.perf_counter() - arrived)
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe, coalesced across consumers."""
+        if self._closed or self.kind != "video":
+            return
+        now = self._loop.time()
+        wait = self._last_request + KEYFRAME_REQUEST_INTERVAL_S - now
+        if wait <= 0:
+            self._send_keyframe_request()
+        elif self._deferred is None:
+            self._deferred = self._loop.call_later(wait, self._send_keyframe_request)
+        self._arm_retry()
+
+    def _send_keyframe_request(self) -> None:
+        self._deferred = None
+        if self._closed or self.media_ssrc is None:
+            # Nothing has arrived yet: the first packets will include a
+            # keyframe anyway; retry keeps asking until they do.
+            return
+        self._last_request = self._loop.time()
+        self.keyframe_requests_sent += 1
+        self._loop.create_task(aiortc_seams.request_keyframe(self._receiver, self.media_ssrc))
+
+    def _arm_retry(self) -> None:
+        if self._retry is None and not self._closed:
+            self._retry = self._loop.call_later(KEYFRAME_RETRY_S, self._retry_if_waiting)
+
+    def _retry_if_waiting(self) -> None:
+        self._retry = None
+        if any(c.wants_keyframe for c in self._consumers):
+            self.request_keyframe()
+
+    def close(self) -> None:
+        self._closed = True
+        for handle in (self._deferred, self._retry):
+            if handle is not None:
+                handle.cancel()
+        for consumer in list(self._consumers):
+            consumer.close()
+        self._consumers.clear()

@@ -1,0 +1,258 @@
+"""The GoldenHour message schema: one set of typed messages for the signaling
+WebSocket and the data channels, carried as msgpack (binary) or JSON (text).
+
+Every byte from outside is decoded and validated here, once, into a typed
+message; code behind this module never re-checks. docs/protocol.md is the
+human-readable version of this file and must change with it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Literal, Union
+
+import msgpack
+import msgspec
+
+PROTOCOL_VERSION = 1
+#: Largest message we accept on the signaling socket or a data channel. An SDP
+#: with many candidates is a few kB; 64 KiB leaves room and bounds the work a
+#: hostile client can make us do.
+MAX_MESSAGE_BYTES = 64 * 1024
+
+Role = Literal["crew", "expert", "observer"]
+RoomName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Sdp = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MESSAGE_BYTES)]
+RequestId = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+Uint32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+PixelCount = Annotated[int, msgspec.Meta(gt=0, le=16384)]
+
+
+class ProtocolError(Exception):
+    """A message we cannot accept; `code` is machine-readable, str() is for people."""
+
+    def __init__(self, code: str, message: str, ref_type: str | None = None,
+                 ref_id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.ref_type = ref_type
+        self.ref_id = ref_id
+
+
+class _Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=False, kw_only=True):
+    """Base of every message; `id` lets a client match a reply (or an error) to a request."""
+
+    id: RequestId | None = None
+
+
+# --- client -> server, on the signaling WebSocket ---------------------------
+
+class Join(_Message, tag="join"):
+    room: RoomName
+    role: Role
+    name: DisplayName
+    #: Reserved for the signed, role-bearing room token of a later release.
+    #: Accepted and ignored today unless the server is configured to require it.
+    token: str | None = None
+    #: Ask the server to create the room if it does not exist (crew only).
+    create: bool = False
+
+
+class PublishOffer(_Message, tag="publish"):
+    sdp: Sdp
+
+
+class SubscribeAnswer(_Message, tag="subscribe_answer"):
+    sdp: Sdp
+    revision: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class IceCandidate(_Message, tag="ice"):
+    pc: Literal["publish", "subscribe"]
+    candidate: Annotated[str, msgspec.Meta(max_length=1024)]
+    sdp_mid: str | None = None
+    sdp_mline_index: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = None
+
+
+class Leave(_Message, tag="leave"):
+    pass
+
+
+class Ping(_Message, tag="ping"):
+    pass
+
+
+ClientMessage = Union[Join, PublishOffer, SubscribeAnswer, IceCandidate, Leave, Ping]
+
+
+# --- server -> client, on the signaling WebSocket ---------------------------
+
+class PeerInfo(msgspec.Struct, kw_only=True):
+    peer_id: str
+    name: str
+    role: Role
+
+
+class TrackInfo(msgspec.Struct, kw_only=True):
+    """What one m-line of a subscribe offer carries."""
+
+    mid: str
+    producer_id: str
+    peer_id: str
+    kind: Literal["audio", "video"]
+    codec: str
+    #: Subscribers see the publisher's RTP timestamps plus this offset (always
+    #: 0 today); poses are keyed by the publisher's timestamps.
+    rtp_timestamp_offset: int = 0
+
+
+class Joined(_Message, tag="joined"):
+    protocol: int
+    peer_id: str
+    room: str
+    role: Role
+    peers: list[PeerInfo]
+    ice_servers: list[dict]
+    max_message_bytes: int
+
+
+class PublishAnswer(_Message, tag="publish_answer"):
+    sdp: str
+    producer_ids: list[str]
+
+
+class SubscribeOffer(_Message, tag="subscribe_offer"):
+    sdp: str
+    revision: int
+    tracks: list[TrackInfo]
+
+
+class PeerJoined(_Message, tag="peer_joined"):
+    peer: PeerInfo
+
+
+class PeerLeft(_Message, tag="peer_left"):
+    peer_id: str
+
+
+class Pong(_Message, tag="pong"):
+    pass
+
+
+class Error(_Message, tag="error"):
+    code: str
+    message: str
+    #: The `type` of the message that caused the error, when known.
+    ref_type: str | None = None
+
+
+ServerMessage = Union[Joined, PublishAnswer, SubscribeOffer, PeerJoined, PeerLeft, Pong, Error]
+
+
+# --- data channel "goldenhour" ----------------------------------------------
+
+class Intrinsics(msgspec.Struct, kw_only=True):
+    """Pinhole intrinsics in pixels of the encoded frame (OpenCV's model)."""
+
+    width: PixelCount
+    height: PixelCount
+    fx: PositiveFloat
+    fy: PositiveFloat
+    cx: float
+    cy: float
+    #: OpenCV distortion coefficients k1, k2, p1, p2[, k3]; empty means none.
+    distortion: Annotated[list[float], msgspec.Meta(max_length=8)] = []
+
+
+class CameraPose(_Message, tag="pose"):
+    """The camera pose of one video frame, keyed by the frame's RTP timestamp."""
+
+    rtp_timestamp: Uint32
+    #: Camera-to-world 4x4, row-major, metres (docs/geometry.md).
+    T_world_camera: Annotated[list[float], msgspec.Meta(min_length=16, max_length=16)]
+    intrinsics: Intrinsics
+    capture_time_ms: float | None = None
+    frame_id: int | None = None
+    #: Filled in by the server when it relays the pose to subscribers.
+    producer_id: str | None = None
+    peer_id: str | None = None
+
+
+DataMessage = Union[CameraPose, Error]
+
+
+# --- codec ------------------------------------------------------------------
+
+
+
+def _convert(obj: object, union: object) -> object:
+    if not isinstance(obj, dict):
+        raise ProtocolError("invalid_message", "a message must be a map/object")
+    msg_type = obj.get("type")
+    if not isinstance(msg_type, str):
+        raise ProtocolError("invalid_message", "a message needs a string field `type`")
+    ref_id = obj.get("id") if isinstance(obj.get("id"), int) else None
+    try:
+        return msgspec.convert(obj, union, strict=True)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if "Invalid value" in text and "$.type" in text:
+            raise ProtocolError("unknown_type", f"unknown message type {msg_type!r}",
+                                msg_type, ref_id) from None
+        raise ProtocolError("invalid_field", f"{msg_type}: {text}", msg_type, ref_id) from None
+
+
+def parse_frame(frame: bytes | str, union: object) -> tuple[object, bool]:
+    """Decode one frame into a typed message of `union`.
+
+    Binary frames are msgpack, text frames are JSON; returns the message and
+    whether it came as binary, so that replies use the sender's encoding.
+    Raises ProtocolError naming the problem.
+    """
+    binary = isinstance(frame, (bytes, bytearray, memoryview))
+    size = len(frame) if binary else len(frame.encode("utf-8", "surrogatepass"))
+    if size > MAX_MESSAGE_BYTES:
+        raise ProtocolError("message_too_large",
+                            f"message of {size} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
+    try:
+        if binary:
+            obj = msgpack.unpackb(bytes(frame), raw=False, strict_map_key=True)
+        else:
+            obj = json.loads(frame)
+    except (ValueError, msgpack.UnpackException, TypeError) as exc:
+        kind = "msgpack" if binary else "JSON"
+        raise ProtocolError("malformed", f"malformed {kind}: {exc}") from None
+    return _convert(obj, union), binary
+
+
+def validate_pose(pose: CameraPose) -> None:
+    """Reject poses whose matrix is not a rigid camera-to-world transform."""
+    m = pose.T_world_camera
+    if not all(math.isfinite(v) for v in m):
+        raise ProtocolError("invalid_field", "pose: T_world_camera has a non-finite value", "pose")
+    if max(abs(m[12]), abs(m[13]), abs(m[14]), abs(m[15] - 1.0)) > 1e-6:
+        raise ProtocolError("invalid_field", "pose: T_world_camera's last row must be 0 0 0 1",
+                            "pose")
+    rows = [m[0:3], m[4:7], m[8:11]]
+    for i in range(3):
+        for j in range(3):
+            dot = sum(rows[i][k] * rows[j][k] for k in range(3))
+            if abs(dot - (1.0 if i == j else 0.0)) > 1e-3:
+                raise ProtocolError("invalid_field",
+                                    "pose: T_world_camera's rotation is not orthonormal", "pose")
+
+
+def encode(message: msgspec.Struct, binary: bool) -> bytes | str:
+    """Encode a message for the wire, in the encoding the peer used."""
+    obj = msgspec.to_builtins(message)
+    obj = {k: v for k, v in obj.items() if v is not None}
+    if binary:
+        return msgpack.packb(obj, use_bin_type=True)
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def error_for(exc: ProtocolError) -> Error:
+    return Error(code=exc.code, message=str(exc), ref_type=exc.ref_type, id=exc.ref_id)

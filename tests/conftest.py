@@ -1,0 +1,68 @@
+"""Worlds that many tests share: a running server on loopback, crews, experts."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import uvicorn
+
+from server.app import create_app
+from server.config import Config
+
+
+@dataclass
+class RunningServer:
+    app: object
+    port: int
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+
+def test_config(**overrides: object) -> Config:
+    """A server on loopback only: plain HTTP, ICE candidates on 127.0.0.1 alone."""
+    values = dict(host="127.0.0.1", port=0, tls=False, ice_loopback_only=True,
+                  demo_room="demo")
+    values.update(overrides)
+    return Config(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RunningServer]:
+    """A GoldenHour server in this test's event loop, on a free loopback port."""
+    async with start_server(test_config()) as running:
+        yield running
+
+
+class start_server:
+    def __init__(self, config: Config) -> None:
+        self._config = config
+
+    async def __aenter__(self) -> RunningServer:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self._sock = sock
+        app = create_app(self._config)
+        self._server = uvicorn.Server(uvicorn.Config(app, log_config=None, ws="websockets-sansio",
+                                                     lifespan="on"))
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+        return RunningServer(app=app, port=sock.getsockname()[1])
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        await asyncio.wait_for(self._task, 20)
+        self._sock.close()
