@@ -98,6 +98,11 @@ class GoldenHourClient:
         self.state.peers = {p["peer_id"]: p for p in joined["peers"]}
         return joined
 
+    async def wait_closed(self) -> None:
+        """Return when the signaling connection ends (server gone, network lost)."""
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
     async def close(self) -> None:
         if self._ws is not None:
             try:

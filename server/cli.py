@@ -1,0 +1,154 @@
+"""The `goldenhour` command: `serve` runs the server, `crew --simulate` a simulated headset."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+import subprocess
+import sys
+
+from server import logs
+from server.config import Config
+
+log = logging.getLogger("goldenhour")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from server.tls import ensure_certificate
+
+    config = Config.from_env(host=args.host, port=args.port, tls=False if args.no_tls else None,
+                             ice_loopback_only=True if args.loopback_only else None)
+    ssl_files: dict[str, str] = {}
+    if config.tls:
+        cert, key = ensure_certificate(config.data_dir, config.host)
+        ssl_files = {"ssl_certfile": str(cert), "ssl_keyfile": str(key)}
+    app = create_app(config)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.host, port=config.port, loop="uvloop", ws="websockets-sansio",
+        ws_max_size=1 << 20, log_config=None, lifespan="on", **ssl_files))
+
+    crew: subprocess.Popen | None = None
+
+    async def main() -> None:
+        nonlocal crew
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if task.done():
+            return await task
+        room = config.demo_room
+        print(f"\n  GoldenHour is serving on {config.url}/", file=sys.stderr)
+        if room and not args.no_demo_crew:
+            ws_scheme = "wss" if config.tls else "ws"
+            crew = subprocess.Popen([sys.executable, "-m", "server.cli", "crew", "--simulate",
+                                     "--url", f"{ws_scheme}://{config.host}:{config.port}/ws",
+                                     "--room", room, "--insecure"])
+            print(f"  A simulated crew is streaming into room '{room}'. Open:\n\n"
+                  f"      {config.url}/app/viewer.html?room={room}\n", file=sys.stderr)
+        if config.tls:
+            print("  (self-signed certificate: accept the browser's warning once)\n",
+                  file=sys.stderr)
+        await task
+
+    import uvloop
+    try:
+        uvloop.run(main())
+    finally:
+        if crew is not None:
+            crew.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                crew.wait(5)
+    return 0
+
+
+def _crew(args: argparse.Namespace) -> int:
+    from clients.hololens_bridge.simulated import SimulatedCrew
+    from clients.sdk.client import GoldenHourClient
+    from server.sfu import aiortc_seams
+
+    if not args.simulate:
+        print("goldenhour crew: only --simulate is available in this release", file=sys.stderr)
+        return 2
+    aiortc_seams.use_loopback_ice(True, only=args.loopback_only)
+    context = None
+    if args.url.startswith("wss://"):
+        context = ssl.create_default_context(cafile=args.cafile)
+        if args.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        delay = 0.5
+        while not stop.is_set():
+            client = GoldenHourClient(args.url, args.room, "crew", args.name, create=True,
+                                      ssl_context=context)
+            crew = SimulatedCrew(client, args.width, args.height, args.fps,
+                                 video_codec=args.codec)
+            try:
+                await crew.start()
+                log.info("simulated crew streaming", extra={"room": args.room})
+                delay = 0.5
+                closed = asyncio.ensure_future(client.wait_closed())
+                await asyncio.wait({closed, asyncio.ensure_future(stop.wait())},
+                                   return_when=asyncio.FIRST_COMPLETED)
+            except (OSError, asyncio.TimeoutError) as exc:
+                log.warning("cannot reach the server; retrying",
+                            extra={"error": repr(exc), "retry_s": delay})
+            finally:
+                await crew.stop()
+            if not stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 10.0)
+
+    asyncio.run(main())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="goldenhour", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server (and a simulated crew in the demo room)")
+    serve.add_argument("--host", default=None, help="default 127.0.0.1")
+    serve.add_argument("--port", type=int, default=None, help="default 8443")
+    serve.add_argument("--no-tls", action="store_true", help="plain HTTP (localhost tests)")
+    serve.add_argument("--no-demo-crew", action="store_true",
+                       help="do not start the simulated crew in the demo room")
+    serve.add_argument("--loopback-only", action="store_true",
+                       help="offer only 127.0.0.1 as ICE candidate")
+    serve.set_defaults(func=_serve)
+
+    crew = sub.add_parser("crew", help="publish a (simulated) headset as crew")
+    crew.add_argument("--simulate", action="store_true", help="synthetic camera, tone, poses")
+    crew.add_argument("--url", default="wss://127.0.0.1:8443/ws")
+    crew.add_argument("--room", default="demo")
+    crew.add_argument("--name", default="Simulated crew")
+    crew.add_argument("--width", type=int, default=1280)
+    crew.add_argument("--height", type=int, default=720)
+    crew.add_argument("--fps", type=int, default=30)
+    crew.add_argument("--codec", default=None, help="video/VP8 or video/H264")
+    crew.add_argument("--cafile", default=None, help="trust this certificate (wss)")
+    crew.add_argument("--insecure", action="store_true", help="accept any certificate (wss)")
+    crew.add_argument("--loopback-only", action="store_true")
+    crew.set_defaults(func=_crew)
+
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
