@@ -66,3 +66,61 @@ class start_server:
         self._server.should_exit = True
         await asyncio.wait_for(self._task, 20)
         self._sock.close()
+
+
+# --- worlds: a crew streaming into a room, experts watching -------------------
+
+from clients.hololens_bridge.simulated import SimulatedCrew  # noqa: E402
+from clients.sdk import framecode  # noqa: E402
+from clients.sdk.client import GoldenHourClient  # noqa: E402
+
+#: Small enough for two cores, large enough for 8-pixel frame-code blocks.
+TEST_WIDTH, TEST_HEIGHT = 640, 360
+
+
+class World:
+    """A running server and the clients a test made; closes them all at the end."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.server = server
+        self._clients: list[GoldenHourClient] = []
+
+    def client(self, role: str, name: str, room: str = "demo", **kwargs: object) -> GoldenHourClient:
+        client = GoldenHourClient(self.server.ws, room, role, name, **kwargs)  # type: ignore
+        self._clients.append(client)
+        return client
+
+    async def crew(self, room: str = "demo", name: str = "medic", width: int = TEST_WIDTH,
+                   height: int = TEST_HEIGHT, **kwargs: object) -> SimulatedCrew:
+        crew = SimulatedCrew(self.client("crew", name, room, create=True), width, height,
+                             **kwargs)  # type: ignore[arg-type]
+        await crew.start()
+        return crew
+
+    async def expert(self, name: str, room: str = "demo", **kwargs: object) -> GoldenHourClient:
+        expert = self.client("expert", name, room, **kwargs)
+        await expert.connect()
+        return expert
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self._clients), return_exceptions=True)
+
+
+@pytest.fixture
+async def world(server: RunningServer) -> AsyncIterator[World]:
+    w = World(server)
+    yield w
+    await w.close()
+
+
+async def read_frame_codes(track: object, count: int, timeout: float = 10.0,
+                           ) -> list[framecode.FrameCode]:
+    """Decode `count` video frames from a received track and read their codes."""
+    codes = []
+    async with asyncio.timeout(timeout):
+        while len(codes) < count:
+            frame = await track.recv()  # type: ignore[attr-defined]
+            code = framecode.read(frame.to_ndarray(format="gray"))
+            assert code is not None, "a decoded frame carries no readable frame code"
+            codes.append(code)
+    return codes

@@ -19,7 +19,6 @@ import msgpack
 import websockets
 from aiortc import (MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection,
                     RTCSessionDescription)
-from aiortc.contrib.media import MediaBlackhole  # noqa: F401  (re-exported for callers)
 from aiortc.rtcdatachannel import RTCDataChannel
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ class GoldenHourClient:
         self._subscribe_pc.on("datachannel", self._on_subscribe_channel)
         self.subscribe_channel_open = asyncio.Event()
         self.subscribed_revision = 0
-        self._revision_event = asyncio.Condition()
+        self._activity = asyncio.Event()
 
     # --- connection -----------------------------------------------------------
 
@@ -139,15 +138,21 @@ class GoldenHourClient:
     async def send(self, message: dict) -> None:
         await self.send_raw(self._encode(message))
 
+    async def wait_until(self, predicate: Callable[[], object], timeout: float = 10.0) -> None:
+        """Wait until `predicate()` holds; it is re-checked whenever a message,
+        track or data-channel message arrives."""
+        async with asyncio.timeout(timeout):
+            while True:
+                self._activity.clear()
+                if predicate():
+                    return
+                await self._activity.wait()
+
     async def next_error(self, timeout: float = 5.0) -> dict:
         """Wait for the next `error` message that answered no request of ours."""
         start = len(self.errors)
-
-        async def wait() -> dict:
-            while len(self.errors) <= start:
-                await asyncio.sleep(0.01)
-            return self.errors[start]
-        return await asyncio.wait_for(wait(), timeout)
+        await self.wait_until(lambda: len(self.errors) > start, timeout)
+        return self.errors[start]
 
     async def _read_loop(self) -> None:
         assert self._ws is not None
@@ -161,6 +166,7 @@ class GoldenHourClient:
                     future.set_result(message)
                     continue
             kind = message.get("type")
+            self._activity.set()
             if kind == "subscribe_offer":
                 await self._answer_subscribe(message)
             elif kind == "peer_joined":
@@ -205,9 +211,8 @@ class GoldenHourClient:
         await pc.setLocalDescription(await pc.createAnswer())
         await self.send({"type": "subscribe_answer", "sdp": pc.localDescription.sdp,
                          "revision": offer["revision"]})
-        async with self._revision_event:
-            self.subscribed_revision = offer["revision"]
-            self._revision_event.notify_all()
+        self.subscribed_revision = offer["revision"]
+        self._activity.set()
 
     def _on_subscribe_track(self, track: MediaStreamTrack) -> None:
         for transceiver in self._subscribe_pc.getTransceivers():
@@ -216,6 +221,7 @@ class GoldenHourClient:
                                      info=self._track_info.get(transceiver.mid, {}),
                                      receiver=transceiver.receiver)
                 self.tracks.append(remote)
+                self._activity.set()
                 if self.on_track is not None:
                     self.on_track(remote)
                 return
@@ -224,6 +230,7 @@ class GoldenHourClient:
         @channel.on("open")
         def on_open() -> None:
             self.subscribe_channel_open.set()
+            self._activity.set()
 
         if channel.readyState == "open":
             self.subscribe_channel_open.set()
@@ -232,14 +239,17 @@ class GoldenHourClient:
         def on_message(data: bytes | str) -> None:
             message = msgpack.unpackb(data) if isinstance(data, bytes) else json.loads(data)
             self.data_messages.append(message)
+            self._activity.set()
             if self.on_data is not None:
                 self.on_data(message)
 
-    async def wait_for_track(self, kind: str, timeout: float = 10.0) -> RemoteTrack:
-        async def wait() -> RemoteTrack:
-            while True:
-                for remote in self.tracks:
-                    if remote.track.kind == kind:
-                        return remote
-                await asyncio.sleep(0.01)
-        return await asyncio.wait_for(wait(), timeout)
+    async def wait_for_track(self, kind: str, timeout: float = 10.0,
+                             peer_id: str | None = None) -> RemoteTrack:
+        """The first received track of `kind` (from `peer_id`, if given)."""
+        def find() -> RemoteTrack | None:
+            return next((r for r in self.tracks if r.track.kind == kind
+                         and (peer_id is None or r.info.get("peer_id") == peer_id)), None)
+        await self.wait_until(find, timeout)
+        found = find()
+        assert found is not None
+        return found

@@ -98,6 +98,17 @@ async def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
     await receiver._send_rtcp_pli(media_ssrc)
 
 
+def receiver_media_ssrcs(receiver: RTCRtpReceiver) -> set[int]:
+    """The SSRCs a receiver has seen media on (RTX included)."""
+    return set(receiver._RTCRtpReceiver__remote_streams)  # type: ignore[attr-defined]
+
+
+def receiver_payload_types(receiver: RTCRtpReceiver, mime_type: str) -> set[int]:
+    """The payload types a receiver negotiated for `mime_type` (e.g. video/rtx)."""
+    codecs = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+    return {pt for pt, codec in codecs.items() if codec.mimeType.lower() == mime_type.lower()}
+
+
 def record_rtp_timestamps(receiver: RTCRtpReceiver) -> dict[int, int]:
     """Map each decoded frame's pts back to the RTP timestamp it arrived with.
 
@@ -234,3 +245,22 @@ def watch_sent_rtp(sender: RTCRtpSender,
             await original(data)
 
         transport._send_rtp = send_rtp  # type: ignore[method-assign]
+
+
+def drop_incoming_rtp(transport: Any, should_drop: Callable[[RtpPacket], bool]) -> None:
+    """Drop the RTP packets a DTLS transport receives for which should_drop(packet)
+    holds, after decryption and before routing: simulated network loss for tests
+    and benchmarks, on the receiving side of one peer only."""
+    original = transport._handle_rtp_data
+    extensions = transport._rtp_header_extensions_map
+
+    async def handle_rtp_data(data: bytes, arrival_time_ms: int) -> None:
+        try:
+            packet = RtpPacket.parse(data, extensions)
+        except ValueError:
+            packet = None
+        if packet is not None and should_drop(packet):
+            return
+        await original(data, arrival_time_ms)
+
+    transport._handle_rtp_data = handle_rtp_data

@@ -34,6 +34,7 @@ class Consumer:
         self.packets_out = 0
         self.packets_dropped = 0
         self.keyframe_requests = 0
+        self.last_keyframe_request_at = -1.0
         self._hold = HoldTrack(producer.kind)
         sender.replaceTrack(self._hold)
         self._injector = RtpInjector(sender, self._on_subscriber_keyframe_request,
@@ -51,6 +52,7 @@ class Consumer:
 
     def _on_subscriber_keyframe_request(self) -> None:
         self.keyframe_requests += 1
+        self.last_keyframe_request_at = self.producer.clock()
         self.producer.request_keyframe()
 
     async def forward(self, packet: RtpPacket) -> None:

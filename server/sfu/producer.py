@@ -45,12 +45,13 @@ class Producer:
         self.media_ssrc: int | None = None
         self.packets_in = 0
         self.keyframe_requests_sent = 0
+        #: Event-loop time of the last keyframe request sent upstream.
+        self.last_keyframe_request_at = -1e9
         #: (seconds from packet arrival to its last consumer send), recent packets.
         self.forwarding_delays_s: deque[float] = deque(maxlen=20000)
         self._receiver = receiver
         self._consumers: list[Consumer] = []
         self._is_keyframe_start = keyframe_detector(mime_type)
-        self._last_request = -1e9
         self._deferred: asyncio.TimerHandle | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._closed = False
@@ -85,12 +86,15 @@ class Producer:
             await consumer.forward(packet)
         self.forwarding_delays_s.append(time.perf_counter() - arrived)
 
+    def clock(self) -> float:
+        return self._loop.time()
+
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe, coalesced across consumers."""
         if self._closed or self.kind != "video":
             return
         now = self._loop.time()
-        wait = self._last_request + KEYFRAME_REQUEST_INTERVAL_S - now
+        wait = self.last_keyframe_request_at + KEYFRAME_REQUEST_INTERVAL_S - now
         if wait <= 0:
             self._send_keyframe_request()
         elif self._deferred is None:
@@ -103,7 +107,7 @@ class Producer:
             # Nothing has arrived yet: the first packets will include a
             # keyframe anyway; retry keeps asking until they do.
             return
-        self._last_request = self._loop.time()
+        self.last_keyframe_request_at = self._loop.time()
         self.keyframe_requests_sent += 1
         self._loop.create_task(aiortc_seams.request_keyframe(self._receiver, self.media_ssrc))
 

@@ -1,0 +1,90 @@
+// A frame's identity read back from its pixels: the browser half of
+// clients/sdk/framecode.py. The top row of 80 black/white blocks carries a
+// 32-bit frame counter, 32-bit capture time (Unix ms mod 2**32) and a
+// CRC-16/CCITT (binascii.crc_hqx, init 0xFFFF) over those 8 bytes.
+
+export const BLOCKS = 80;
+
+/** CRC-16/CCITT-FALSE: polynomial 0x1021, MSB first, no final xor (Python's binascii.crc_hqx). */
+export function crc16(bytes, crc = 0xffff) {
+  for (const byte of bytes) {
+    crc ^= byte << 8;
+    for (let bit = 0; bit < 8; bit++) {
+      crc = crc & 0x8000 ? ((crc << 1) ^ 0x1021) & 0xffff : (crc << 1) & 0xffff;
+    }
+  }
+  return crc;
+}
+
+/**
+ * Decode the code from one RGBA pixel row taken through the middle of the
+ * blocks (`rgba` as ImageData.data, `block` pixels per block).
+ * Returns {frameId, captureMs} or null when absent or corrupt.
+ */
+export function decodeRow(rgba, block) {
+  const bytes = new Uint8Array(10);
+  for (let i = 0; i < BLOCKS; i++) {
+    // The block's centre: codecs blur its edges into the neighbours.
+    const p = (i * block + (block >> 1)) * 4;
+    const luma = 0.299 * rgba[p] + 0.587 * rgba[p + 1] + 0.114 * rgba[p + 2];
+    if (luma > 128) bytes[i >> 3] |= 0x80 >> (i & 7);
+  }
+  if (crc16(bytes.subarray(0, 8)) !== ((bytes[8] << 8) | bytes[9])) return null;
+  const view = new DataView(bytes.buffer);
+  return { frameId: view.getUint32(0), captureMs: view.getUint32(4) };
+}
+
+/**
+ * Reads the frame code of every frame a <video> presents, through a canvas,
+ * in requestVideoFrameCallback. `onCode({frameId, captureMs, rtpTimestamp})`
+ * is called for each frame whose code verifies.
+ */
+export class FrameCodeReader {
+  #video;
+  #onCode;
+  #canvas = document.createElement("canvas");
+  #context = this.#canvas.getContext("2d", { willReadFrequently: true });
+  #handle = null;
+  framesSeen = 0;
+  framesRead = 0;
+
+  constructor(video, onCode) {
+    this.#video = video;
+    this.#onCode = onCode;
+  }
+
+  start() {
+    if (this.#handle === null) this.#schedule();
+  }
+
+  stop() {
+    if (this.#handle !== null) this.#video.cancelVideoFrameCallback(this.#handle);
+    this.#handle = null;
+  }
+
+  #schedule() {
+    this.#handle = this.#video.requestVideoFrameCallback((now, metadata) => {
+      this.#read(metadata);
+      this.#schedule();
+    });
+  }
+
+  #read(metadata) {
+    this.framesSeen++;
+    const width = this.#video.videoWidth;
+    const block = Math.floor(width / BLOCKS);
+    if (block < 2 || this.#video.videoHeight < block) return;
+    if (this.#canvas.width !== width || this.#canvas.height !== block) {
+      this.#canvas.width = width;
+      this.#canvas.height = block;
+    }
+    // Only the band of blocks is drawn: reading back a whole 720p frame each
+    // frame would cost more than the decode.
+    this.#context.drawImage(this.#video, 0, 0, width, block, 0, 0, width, block);
+    const row = this.#context.getImageData(0, block >> 1, block * BLOCKS, 1).data;
+    const code = decodeRow(row, block);
+    if (code === null) return;
+    this.framesRead++;
+    this.#onCode({ ...code, rtpTimestamp: metadata.rtpTimestamp ?? null });
+  }
+}

@@ -1,0 +1,449 @@
+// The GoldenHour viewer: joins a room over the signaling WebSocket
+// (docs/protocol.md, JSON text frames) and
+//  - as expert or observer, answers the server's subscribe offers and plays the
+//    crew's video and audio; an expert with a microphone also publishes it;
+//  - as crew (a paramedic without glasses, on a phone or tablet), publishes
+//    its camera and microphone.
+// URL parameters: room (default demo), role (expert|observer|crew), name,
+// codec (crew only: h264|vp8 forces the published video codec).
+// Tests read window.goldenhour; nothing else depends on its shape.
+
+import { FrameCodeReader } from "./framecode.js";
+import { decode as decodeMsgpack } from "./msgpack.js";
+
+const ROLES = ["expert", "observer", "crew"];
+const DATA_CHANNEL_LABEL = "goldenhour";
+// Gathering finishes in milliseconds on a LAN; past this we send what we have.
+const ICE_GATHERING_TIMEOUT_MS = 3000;
+const REQUEST_TIMEOUT_MS = 10000;
+const STATS_INTERVAL_MS = 250;
+// Poses kept for matching a displayed frame by RTP timestamp (10 s at 30 fps).
+const MAX_POSES = 300;
+const MAX_RECENT_FRAME_IDS = 64;
+
+const params = new URLSearchParams(location.search);
+const role = ROLES.includes(params.get("role")) ? params.get("role") : "expert";
+const room = params.get("room") || "demo";
+const name = params.get("name") || `${role[0].toUpperCase()}${role.slice(1)} (browser)`;
+const videoCodec = (params.get("codec") || "").toLowerCase();
+
+const $ = (id) => document.getElementById(id);
+const video = $("video");
+const remoteAudio = $("remote-audio");
+
+// --- state visible to people (the page) and to tests (window.goldenhour) ----
+
+const state = {
+  room, role, name,
+  peerId: null,
+  joined: false,
+  signaling: "connecting",
+  peers: new Map(), // peer_id -> {peer_id, name, role}
+  errors: [],
+  publishing: false,
+  microphone: null, // "on", or why not
+  posesReceived: 0,
+  lastPose: null,
+  lastFrameCode: null, // {frameId, captureMs, rtpTimestamp, poseFrameId}
+  recentFrameIds: [],
+  stats: { framesDecoded: 0, framesReceived: 0, frameWidth: 0, frameHeight: 0,
+           videoCodec: null, framesEncoded: 0, publishedVideoCodec: null },
+  subscribePc: null,
+  publishPc: null,
+  framesDecoded: async () => (await subscribeStats()).framesDecoded,
+};
+window.goldenhour = state;
+
+function reportError(context, error) {
+  const text = `${context}: ${error?.message ?? error}`;
+  state.errors.push(text);
+  console.error(text);
+  const item = document.createElement("li");
+  item.textContent = text;
+  $("errors").append(item);
+  render();
+}
+
+window.addEventListener("error", (event) => reportError("page", event.message));
+window.addEventListener("unhandledrejection", (event) => reportError("page", event.reason));
+
+function render() {
+  $("room").textContent = `room ${room} as ${role} (${name})`;
+  const list = $("participants");
+  list.replaceChildren(...[...state.peers.values()].map((peer) => {
+    const item = document.createElement("li");
+    item.textContent = `${peer.name} (${peer.role})`;
+    if (peer.peer_id === state.peerId) {
+      item.classList.add("self");
+      item.textContent += " — you";
+    }
+    return item;
+  }));
+  const parts = [`signaling ${state.signaling}`];
+  if (state.subscribePc) parts.push(`receiving ${state.subscribePc.connectionState}`);
+  if (state.publishPc) parts.push(`sending ${state.publishPc.connectionState}`);
+  if (state.microphone && role === "expert") parts.push(`microphone ${state.microphone}`);
+  const s = state.stats;
+  if (s.framesDecoded) {
+    parts.push(`${s.frameWidth}x${s.frameHeight} ${s.videoCodec ?? ""}, ` +
+               `${s.framesDecoded} frames decoded`);
+  }
+  if (s.framesEncoded) parts.push(`${s.publishedVideoCodec ?? ""} ${s.framesEncoded} frames sent`);
+  $("status").textContent = parts.join(" · ");
+  const code = state.lastFrameCode;
+  if (code) {
+    const delayMs = (Date.now() % 2 ** 32 - code.captureMs + 2 ** 32) % 2 ** 32;
+    $("frame").textContent = `frame ${code.frameId}\nrtp ${code.rtpTimestamp}\n` +
+      `capture to display ${delayMs} ms\nposes ${state.posesReceived}` +
+      (code.poseFrameId === null ? "" : `, this frame's: ${code.poseFrameId}`);
+  }
+}
+
+// --- signaling --------------------------------------------------------------
+
+/** The signaling WebSocket: requests carry an `id` and resolve on the reply that echoes it. */
+class Signaling {
+  #ws;
+  #nextId = 1;
+  #pending = new Map();
+
+  constructor(url, onMessage) {
+    this.#ws = new WebSocket(url);
+    this.onMessage = onMessage;
+    this.opened = new Promise((resolve, reject) => {
+      this.#ws.onopen = resolve;
+      this.#ws.onerror = () => reject(new Error(`cannot connect to ${url}`));
+    });
+    this.#ws.onmessage = (event) => this.#receive(event.data);
+    this.#ws.onclose = (event) => {
+      state.signaling = `closed (${event.code})`;
+      for (const { reject } of this.#pending.values()) reject(new Error("signaling closed"));
+      this.#pending.clear();
+      render();
+    };
+  }
+
+  send(message) {
+    this.#ws.send(JSON.stringify(message));
+  }
+
+  request(message) {
+    const id = this.#nextId++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(id);
+        reject(new Error(`no reply to ${message.type} in ${REQUEST_TIMEOUT_MS} ms`));
+      }, REQUEST_TIMEOUT_MS);
+      this.#pending.set(id, {
+        resolve: (reply) => { clearTimeout(timer); resolve(reply); },
+        reject: (error) => { clearTimeout(timer); reject(error); },
+      });
+      this.send({ ...message, id });
+    });
+  }
+
+  close() {
+    this.#ws.close();
+  }
+
+  #receive(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch (error) {
+      reportError("signaling", `unparseable message: ${error}`);
+      return;
+    }
+    const pending = this.#pending.get(message.id);
+    // A subscribe offer is never a reply, whatever id it carries.
+    if (pending && message.type !== "subscribe_offer") {
+      this.#pending.delete(message.id);
+      if (message.type === "error") {
+        pending.reject(new Error(`${message.code}: ${message.message}`));
+      } else {
+        pending.resolve(message);
+      }
+      return;
+    }
+    this.onMessage(message);
+  }
+}
+
+// --- WebRTC helpers ---------------------------------------------------------
+
+/** Resolve once `pc` has gathered all its candidates (or the timeout passed). */
+function iceGatheringComplete(pc) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState !== "complete") return;
+      pc.removeEventListener("icegatheringstatechange", done);
+      clearTimeout(timer);
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      pc.removeEventListener("icegatheringstatechange", done);
+      resolve();
+    }, ICE_GATHERING_TIMEOUT_MS);
+    pc.addEventListener("icegatheringstatechange", done);
+  });
+}
+
+/**
+ * Prefer `mimeType` for a video transceiver. For H.264, constrained baseline
+ * with packetization-mode 1 comes first: Chromium encodes H.264 with OpenH264,
+ * which produces constrained baseline only, and aiortc accepts that profile.
+ */
+function preferVideoCodec(transceiver, mimeType) {
+  const codecs = RTCRtpReceiver.getCapabilities("video").codecs;
+  const rank = (codec) => {
+    const fmtp = codec.sdpFmtpLine ?? "";
+    return (fmtp.includes("packetization-mode=1") ? 0 : 2) +
+           (fmtp.includes("profile-level-id=42e0") ? 0 : 1);
+  };
+  const wanted = codecs.filter((c) => c.mimeType.toLowerCase() === mimeType)
+    .sort((a, b) => rank(a) - rank(b));
+  if (!wanted.length) throw new Error(`this browser cannot send ${mimeType}`);
+  const rtx = codecs.filter((c) => c.mimeType.toLowerCase() === "video/rtx");
+  transceiver.setCodecPreferences([...wanted, ...rtx]);
+}
+
+function codecOf(report, codecId) {
+  return codecId ? report.get(codecId)?.mimeType ?? null : null;
+}
+
+async function subscribeStats() {
+  const out = { framesDecoded: 0, framesReceived: 0, frameWidth: 0, frameHeight: 0,
+                videoCodec: null };
+  if (!state.subscribePc) return out;
+  const report = await state.subscribePc.getStats();
+  for (const entry of report.values()) {
+    if (entry.type === "inbound-rtp" && entry.kind === "video") {
+      out.framesDecoded += entry.framesDecoded ?? 0;
+      out.framesReceived += entry.framesReceived ?? 0;
+      out.frameWidth = entry.frameWidth ?? out.frameWidth;
+      out.frameHeight = entry.frameHeight ?? out.frameHeight;
+      out.videoCodec = codecOf(report, entry.codecId) ?? out.videoCodec;
+    }
+  }
+  return out;
+}
+
+async function publishStats() {
+  const out = { framesEncoded: 0, publishedVideoCodec: null };
+  if (!state.publishPc) return out;
+  const report = await state.publishPc.getStats();
+  for (const entry of report.values()) {
+    if (entry.type === "outbound-rtp" && entry.kind === "video") {
+      out.framesEncoded += entry.framesEncoded ?? 0;
+      out.publishedVideoCodec = codecOf(report, entry.codecId) ?? out.publishedVideoCodec;
+    }
+  }
+  return out;
+}
+
+// --- receiving: the subscribe connection (the server offers) -----------------
+
+const trackInfo = new Map(); // mid -> the offer's {mid, producer_id, peer_id, kind, codec}
+const remoteTracks = []; // {track, info}
+const poses = new Map(); // RTP timestamp -> pose
+
+function showRemoteMedia() {
+  const live = remoteTracks.filter(({ track }) => track.readyState === "live");
+  const audio = live.filter(({ track }) => track.kind === "audio").map(({ track }) => track);
+  if (role === "crew") {
+    // The crew's video element previews its own camera; experts are heard only.
+    remoteAudio.srcObject = audio.length ? new MediaStream(audio) : null;
+    play(remoteAudio);
+    return;
+  }
+  // One picture: the first crew's camera; every other peer is heard.
+  const shown = live.find(({ track }) => track.kind === "video");
+  const tracks = shown ? [shown.track, ...audio] : audio;
+  const current = video.srcObject?.getTracks() ?? [];
+  if (current.length === tracks.length && tracks.every((t) => current.includes(t))) return;
+  video.srcObject = tracks.length ? new MediaStream(tracks) : null;
+  play(video);
+}
+
+/** Start playback; where the browser forbids autoplay with sound, play muted and offer unmute. */
+async function play(element) {
+  if (!element.srcObject) return;
+  try {
+    await element.play();
+  } catch (error) {
+    if (error.name !== "NotAllowedError" || element.muted) {
+      if (error.name !== "AbortError") reportError("playback", error);
+      return;
+    }
+    element.muted = true;
+    const unmute = $("unmute");
+    unmute.hidden = false;
+    unmute.onclick = () => {
+      element.muted = false;
+      unmute.hidden = true;
+    };
+    await element.play().catch((e) => reportError("playback", e));
+  }
+}
+
+function onPose(message) {
+  state.posesReceived++;
+  state.lastPose = message;
+  poses.set(message.rtp_timestamp, message);
+  if (poses.size > MAX_POSES) poses.delete(poses.keys().next().value);
+}
+
+function createSubscribeConnection(iceServers) {
+  const pc = new RTCPeerConnection({ iceServers });
+  pc.ontrack = ({ track, transceiver }) => {
+    const info = trackInfo.get(transceiver.mid) ?? { mid: transceiver.mid, kind: track.kind };
+    remoteTracks.push({ track, info });
+    track.addEventListener("ended", showRemoteMedia);
+    showRemoteMedia();
+  };
+  pc.ondatachannel = ({ channel }) => {
+    if (channel.label !== DATA_CHANNEL_LABEL) return;
+    channel.binaryType = "arraybuffer";
+    channel.onmessage = ({ data }) => {
+      try {
+        const message = typeof data === "string" ? JSON.parse(data) : decodeMsgpack(data);
+        if (message.type === "pose") onPose(message);
+        else if (message.type === "error") reportError("data channel", message.message);
+      } catch (error) {
+        reportError("data channel", error);
+      }
+    };
+  };
+  pc.onconnectionstatechange = render;
+  return pc;
+}
+
+async function answerSubscribeOffer(signaling, offer) {
+  for (const info of offer.tracks) trackInfo.set(info.mid, info);
+  const pc = state.subscribePc;
+  await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
+  await pc.setLocalDescription();
+  // No trickle: the answer carries every candidate (fast on loopback and LAN).
+  await iceGatheringComplete(pc);
+  signaling.send({ type: "subscribe_answer", sdp: pc.localDescription.sdp,
+                   revision: offer.revision });
+}
+
+// --- sending: the publish connection (we offer) ------------------------------
+
+async function publish(signaling, stream, iceServers) {
+  const pc = state.publishPc = new RTCPeerConnection({ iceServers, bundlePolicy: "max-bundle" });
+  pc.onconnectionstatechange = render;
+  for (const track of stream.getTracks()) {
+    const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+    if (track.kind === "video" && videoCodec) preferVideoCodec(transceiver, `video/${videoCodec}`);
+  }
+  await pc.setLocalDescription();
+  await iceGatheringComplete(pc);
+  const answer = await signaling.request({ type: "publish", sdp: pc.localDescription.sdp });
+  await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+  state.publishing = true;
+  render();
+}
+
+async function microphone() {
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+    state.microphone = "on";
+    return stream;
+  } catch (error) {
+    // An expert without a microphone still watches and annotates.
+    state.microphone = `unavailable (${error.name})`;
+    return null;
+  }
+}
+
+// --- the session --------------------------------------------------------------
+
+function onSignalingMessage(signaling, message) {
+  switch (message.type) {
+    case "subscribe_offer":
+      // Offers are answered strictly in order: each answer's revision must match.
+      subscribeChain = subscribeChain.then(() => answerSubscribeOffer(signaling, message))
+        .catch((error) => reportError("subscribe", error));
+      break;
+    case "peer_joined":
+      state.peers.set(message.peer.peer_id, message.peer);
+      break;
+    case "peer_left":
+      state.peers.delete(message.peer_id);
+      for (const { track, info } of remoteTracks) {
+        if (info.peer_id === message.peer_id) track.stop();
+      }
+      showRemoteMedia();
+      break;
+    case "error":
+      reportError("server", `${message.code}: ${message.message}`);
+      break;
+    default:
+      break; // newer servers may send more; ignoring them keeps this page working
+  }
+  render();
+}
+
+let subscribeChain = Promise.resolve();
+
+async function pollStats() {
+  try {
+    Object.assign(state.stats, await subscribeStats(), await publishStats());
+    render();
+  } catch (error) {
+    reportError("stats", error);
+  }
+}
+
+async function main() {
+  render();
+  let localStream = null;
+  if (role === "crew") {
+    // The camera first: without it a crew page has nothing to offer.
+    localStream = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 1280 }, height: { ideal: 720 } }, audio: true });
+    video.muted = true;
+    video.srcObject = localStream;
+    play(video);
+  } else if (role === "expert") {
+    localStream = await microphone();
+  }
+
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const signaling = new Signaling(`${scheme}://${location.host}/ws`,
+                                  (message) => onSignalingMessage(signaling, message));
+  window.addEventListener("pagehide", () => signaling.close());
+  await signaling.opened;
+  state.signaling = "open";
+
+  const reader = new FrameCodeReader(video, (code) => {
+    const pose = poses.get(code.rtpTimestamp);
+    state.lastFrameCode = { ...code, poseFrameId: pose?.frame_id ?? null };
+    state.recentFrameIds.push(code.frameId);
+    if (state.recentFrameIds.length > MAX_RECENT_FRAME_IDS) state.recentFrameIds.shift();
+  });
+  if (role !== "crew") reader.start();
+
+  const joined = await signaling.request({ type: "join", room, role, name,
+                                           create: role === "crew" });
+  // The subscribe connection exists before any offer can arrive: offers are
+  // handled from the message queue, after this continuation runs.
+  state.subscribePc = createSubscribeConnection(joined.ice_servers);
+  state.peerId = joined.peer_id;
+  state.peers.set(joined.peer_id, { peer_id: joined.peer_id, name, role });
+  for (const peer of joined.peers) state.peers.set(peer.peer_id, peer);
+  state.joined = true;
+  state.signaling = "joined";
+  render();
+
+  setInterval(pollStats, STATS_INTERVAL_MS);
+  if (localStream) await publish(signaling, localStream, joined.ice_servers);
+}
+
+main().catch((error) => {
+  state.signaling = "failed";
+  reportError("session", error);
+});

@@ -1,0 +1,211 @@
+"""The SFU with real aiortc peers over loopback: a simulated crew publishing, experts
+subscribing, media forwarded undecoded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from clients.hololens_bridge.simulated import ToneTrack
+from conftest import World, read_frame_codes
+from server.sfu import aiortc_seams
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _advancing(codes: list) -> bool:
+    ids = [c.frame_id for c in codes]
+    return all(b > a for a, b in zip(ids, ids[1:])) and ids[-1] - ids[0] >= len(ids) - 1
+
+
+async def test_three_subscribers_each_decode_frames_whose_counter_advances(world: World):
+    await world.crew()
+    experts = [await world.expert(f"expert{i}") for i in range(3)]
+    tracks = [await e.wait_for_track("video") for e in experts]
+    results = await asyncio.gather(*(read_frame_codes(t.track, 20) for t in tracks))
+    for codes in results:
+        assert _advancing(codes), [c.frame_id for c in codes]
+    # All three watch the same live stream: their frame counters overlap.
+    assert len(set.intersection(*(set(c.frame_id for c in codes) for codes in results))) > 5
+
+
+async def test_late_subscriber_gets_a_decodable_keyframe_within_one_second(world: World):
+    crew = await world.crew()
+    first = await world.expert("early")
+    await read_frame_codes((await first.wait_for_track("video")).track, 30)
+    assert crew.camera.frame_count > 30  # the stream has run past its first keyframe
+
+    late = world.client("expert", "late")
+    joined_at = time.monotonic()
+    await late.connect()
+    remote = await late.wait_for_track("video")
+    codes = await read_frame_codes(remote.track, 1)
+    elapsed = time.monotonic() - joined_at
+    assert codes[0].frame_id > 30
+    assert elapsed < 1.0, f"late joiner's first frame took {elapsed:.3f} s"
+
+
+async def test_subscriber_killed_abruptly_does_not_interrupt_the_others(world: World):
+    await world.crew()
+    steady = await world.expert("steady")
+    steady_track = (await steady.wait_for_track("video")).track
+    await read_frame_codes(steady_track, 5)
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    doomed = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "subscriber_process.py"), world.server.ws],
+        stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        loop = asyncio.get_running_loop()
+        line = await asyncio.wait_for(loop.run_in_executor(None, doomed.stdout.readline), 30)
+        assert line.startswith("DECODED"), line
+        doomed.send_signal(signal.SIGKILL)  # no leave, no DTLS close, no RTCP BYE
+        doomed.wait(5)
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+        doomed.stdout.close()
+
+    codes = await read_frame_codes(steady_track, 45)
+    ids = [c.frame_id for c in codes]
+    assert max(b - a for a, b in zip(ids, ids[1:])) == 1, f"frames skipped: {ids}"
+    room = world.server.app.state.registry.get("demo")
+    await steady.wait_until(lambda: len(room.peers) == 2)  # crew and steady only
+
+
+async def test_two_rooms_do_not_leak_media_into_each_other(world: World):
+    crew_a = await world.crew(room="bay-a", name="medic-a", width=640, height=360)
+    crew_b = await world.crew(room="bay-b", name="medic-b", width=480, height=272)
+    expert_a = await world.expert("doc-a", room="bay-a")
+    expert_b = await world.expert("doc-b", room="bay-b")
+    video_a = await expert_a.wait_for_track("video")
+    video_b = await expert_b.wait_for_track("video")
+    frame_a = await video_a.track.recv()
+    frame_b = await video_b.track.recv()
+    assert (frame_a.width, frame_b.width) == (640, 480)
+
+    a_id, b_id = crew_a.client.state.peer_id, crew_b.client.state.peer_id
+    await expert_a.wait_until(lambda: len(expert_a.tracks) == 2)
+    assert {t.info["peer_id"] for t in expert_a.tracks} == {a_id}
+    assert {t.info["peer_id"] for t in expert_b.tracks} == {b_id}
+    await read_frame_codes(video_a.track, 10)
+    assert {m["peer_id"] for m in expert_a.data_messages} == {a_id}
+    assert {m["peer_id"] for m in expert_b.data_messages} == {b_id}
+
+
+async def test_poses_arrive_keyed_by_the_rtp_timestamp_of_their_frame(world: World):
+    await world.crew()
+    expert = world.client("expert", "doc")
+    await expert.connect()
+    remote = await expert.wait_for_track("video")
+    rtp_of_pts = aiortc_seams.record_rtp_timestamps(remote.receiver)
+
+    matched = 0
+    async with asyncio.timeout(10):
+        while matched < 20:
+            frame = await remote.track.recv()
+            code = read_code(frame)
+            rtp = rtp_of_pts.get(frame.pts)
+            pose = next((p for p in reversed(expert.data_messages)
+                         if p.get("rtp_timestamp") == rtp), None)
+            if pose is None:
+                continue  # this frame's pose may still be on its way
+            assert pose["frame_id"] == code.frame_id
+            assert pose["intrinsics"]["width"] == frame.width
+            assert len(pose["T_world_camera"]) == 16
+            matched += 1
+    room = world.server.app.state.registry.get("demo")
+    history = room.pose_history(remote.info["producer_id"])
+    assert history is not None and history.get(rtp) is not None
+
+
+def read_code(frame):
+    from clients.sdk import framecode
+    code = framecode.read(frame.to_ndarray(format="gray"))
+    assert code is not None
+    return code
+
+
+async def test_expert_audio_reaches_the_crew_and_the_other_experts(world: World):
+    crew = await world.crew()
+    speaker = await world.expert("speaker")
+    listener = await world.expert("listener")
+    await speaker.publish([ToneTrack()])
+    speaker_id = speaker.state.peer_id
+
+    for client in (crew.client, listener):
+        remote = await client.wait_for_track("audio", peer_id=speaker_id)
+        samples = []
+        async with asyncio.timeout(10):
+            while sum(len(s) for s in samples) < 48000 // 2:
+                frame = await remote.track.recv()
+                samples.append(frame.to_ndarray().reshape(-1))
+        pcm = np.concatenate(samples).astype(np.float64)
+        assert np.sqrt(np.mean(pcm[-9600:] ** 2)) > 300, "the expert's tone arrived silent"
+    # The speaker does not hear itself.
+    assert not [t for t in speaker.tracks if t.info.get("peer_id") == speaker_id]
+
+
+async def test_keyframe_requests_from_subscribers_are_coalesced_upstream(world: World):
+    await world.crew()
+    experts = [await world.expert(f"e{i}") for i in range(2)]
+    remotes = [await e.wait_for_track("video") for e in experts]
+    for remote in remotes:
+        await read_frame_codes(remote.track, 15)  # join-time requests have all fired
+    room = world.server.app.state.registry.get("demo")
+    producer = room.router.producer(remotes[0].info["producer_id"])
+    before = producer.keyframe_requests_sent
+
+    for _ in range(5):
+        for remote in remotes:
+            for media_ssrc in aiortc_seams.receiver_media_ssrcs(remote.receiver):
+                await aiortc_seams.request_keyframe(remote.receiver, media_ssrc)
+    consumers = producer.consumers
+    await experts[0].wait_until(lambda: all(c.keyframe_requests == 5 for c in consumers), 3)
+    last_asked = max(c.last_keyframe_request_at for c in consumers)
+    # Coalesced but never dropped: a request goes upstream after the last ask.
+    await experts[0].wait_until(lambda: producer.last_keyframe_request_at >= last_asked, 3)
+    # Ten asks within a few milliseconds become one or two requests, not ten.
+    assert 1 <= producer.keyframe_requests_sent - before <= 2
+
+
+async def test_packet_loss_to_one_subscriber_is_repaired_by_retransmission(world: World):
+    await world.crew()
+    lossy = await world.expert("lossy")
+    clean = await world.expert("clean")
+    lossy_remote = await lossy.wait_for_track("video")
+    clean_remote = await clean.wait_for_track("video")
+    await read_frame_codes(lossy_remote.track, 3)
+
+    dropped: set[int] = set()
+    retransmitted: list[int] = []
+    media_ssrcs = aiortc_seams.receiver_media_ssrcs(lossy_remote.receiver)
+    rtx_types = aiortc_seams.receiver_payload_types(lossy_remote.receiver, "video/rtx")
+    assert rtx_types, "RTX was not negotiated with the subscriber"
+
+    def lose_every_25th(packet) -> bool:
+        if packet.payload_type in rtx_types:
+            retransmitted.append(packet.sequence_number)
+            return False
+        if packet.ssrc not in media_ssrcs:
+            return False  # audio
+        if packet.sequence_number % 25 == 0 and packet.sequence_number not in dropped:
+            dropped.add(packet.sequence_number)
+            return True
+        return False
+
+    aiortc_seams.drop_incoming_rtp(lossy_remote.receiver.transport, lose_every_25th)
+    lossy_codes, clean_codes = await asyncio.gather(
+        read_frame_codes(lossy_remote.track, 60), read_frame_codes(clean_remote.track, 60))
+    assert len(dropped) >= 3
+    assert len(retransmitted) >= len(dropped) - 1
+    for codes in (lossy_codes, clean_codes):
+        ids = [c.frame_id for c in codes]
+        assert max(b - a for a, b in zip(ids, ids[1:])) == 1, ids
