@@ -62,6 +62,8 @@ class GoldenHourClient:
         self.state = PeerState()
         self.tracks: list[RemoteTrack] = []
         self.data_messages: list[dict] = []
+        #: What the server answered on our publish data channel (errors).
+        self.publish_replies: list[dict] = []
         self.errors: list[dict] = []
         self.on_track: Callable[[RemoteTrack], None] | None = None
         self.on_data: Callable[[dict], None] | None = None
@@ -83,13 +85,17 @@ class GoldenHourClient:
         self._subscribe_pc.on("datachannel", self._on_subscribe_channel)
         self.subscribe_channel_open = asyncio.Event()
         self.subscribed_revision = 0
+        self.last_frame_was_binary: bool | None = None
         self._activity = asyncio.Event()
 
     # --- connection -----------------------------------------------------------
 
-    async def connect(self) -> dict:
+    async def connect(self, join: bool = True) -> dict:
+        """Open the signaling WebSocket and (unless join=False) join the room."""
         self._ws = await websockets.connect(self.url, ssl=self._ssl, max_size=2**20)
         self._reader = asyncio.create_task(self._read_loop())
+        if not join:
+            return {}
         joined = await self.request({"type": "join", "room": self.room, "role": self.role,
                                      "name": self.name, "create": self._create,
                                      "token": self._token})
@@ -157,6 +163,7 @@ class GoldenHourClient:
     async def _read_loop(self) -> None:
         assert self._ws is not None
         async for frame in self._ws:
+            self.last_frame_was_binary = isinstance(frame, bytes)
             message = msgpack.unpackb(frame) if isinstance(frame, bytes) else json.loads(frame)
             future = self._pending.get(message.get("id"))
             if future is not None and not future.done():
@@ -190,7 +197,17 @@ class GoldenHourClient:
                         if c.mimeType.lower() in (video_codec.lower(), "video/rtx")]
                 transceiver.setCodecPreferences(caps)
         if data_channel:
-            self.publish_channel = pc.createDataChannel("goldenhour")
+            channel = self.publish_channel = pc.createDataChannel("goldenhour")
+
+            @channel.on("open")
+            def on_open() -> None:
+                self._activity.set()
+
+            @channel.on("message")
+            def on_reply(data: bytes | str) -> None:
+                self.publish_replies.append(
+                    msgpack.unpackb(data) if isinstance(data, bytes) else json.loads(data))
+                self._activity.set()
         await pc.setLocalDescription(await pc.createOffer())
         answer = await self.request({"type": "publish", "sdp": pc.localDescription.sdp})
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))

@@ -46,6 +46,10 @@ const state = {
   lastPose: null,
   lastFrameCode: null, // {frameId, captureMs, rtpTimestamp, poseFrameId}
   recentFrameIds: [],
+  // Displayed frames whose pose (found by RTP timestamp) names the same frame,
+  // and any that name another: the proof that poses line up with pixels.
+  posesMatched: 0,
+  poseMismatches: [],
   stats: { framesDecoded: 0, framesReceived: 0, frameWidth: 0, frameHeight: 0,
            videoCodec: null, framesEncoded: 0, publishedVideoCodec: null },
   subscribePc: null,
@@ -422,6 +426,8 @@ async function main() {
   const reader = new FrameCodeReader(video, (code) => {
     const pose = poses.get(code.rtpTimestamp);
     state.lastFrameCode = { ...code, poseFrameId: pose?.frame_id ?? null };
+    if (pose?.frame_id === code.frameId) state.posesMatched++;
+    else if (pose && state.poseMismatches.length < 20) state.poseMismatches.push(state.lastFrameCode);
     state.recentFrameIds.push(code.frameId);
     if (state.recentFrameIds.length > MAX_RECENT_FRAME_IDS) state.recentFrameIds.shift();
   });

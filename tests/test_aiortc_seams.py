@@ -1,0 +1,99 @@
+"""The hooks into aiortc's and aioice's internals (server/sfu/aiortc_seams.py).
+
+These break loudly when an aiortc upgrade moves what the SFU relies on.
+"""
+
+from __future__ import annotations
+
+import fractions
+import re
+from pathlib import Path
+
+import aioice.ice
+import aiortc
+import av
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpCodecParameters
+from aiortc.codecs import get_encoder
+
+from server.sfu import aiortc_seams
+from server.sfu.keyframes import h264_starts_keyframe, keyframe_detector, vp8_starts_keyframe
+
+
+def test_installed_aiortc_is_the_version_the_seams_were_written_for():
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    pinned = re.search(r'"aiortc==([^"]+)"', pyproject).group(1)
+    assert aiortc.__version__ == pinned == aiortc_seams.SUPPORTED_AIORTC
+
+
+async def test_receiver_and_sender_still_have_the_private_state_the_seams_use():
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        transceiver = pc.addTransceiver("video", direction="sendrecv")
+        receiver, sender = transceiver.receiver, transceiver.sender
+        for name in ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__timestamp_mapper",
+                     "_RTCRtpReceiver__remote_streams", "_RTCRtpReceiver__codecs"):
+            assert hasattr(receiver, name), name
+        assert callable(receiver._handle_rtp_packet) and callable(receiver._send_rtcp_pli)
+        for name in ("_RTCRtpSender__rtp_history", "_RTCRtpSender__rtp_header_extensions_map",
+                     "_RTCRtpSender__mid", "_RTCRtpSender__ntp_timestamp",
+                     "_RTCRtpSender__rtp_timestamp", "_RTCRtpSender__octet_count",
+                     "_RTCRtpSender__packet_count"):
+            assert hasattr(sender, name), name
+        assert callable(sender._send_keyframe) and callable(sender._retransmit)
+        assert hasattr(transceiver, "_codecs")
+        transport = sender.transport
+        assert callable(transport._send_rtp) and callable(transport._handle_rtp_data)
+        assert hasattr(transport, "_rtp_header_extensions_map")
+        # The jitter buffer's add() contract the packet tap stands in for.
+        pli, frame = receiver._RTCRtpReceiver__jitter_buffer.add(
+            aiortc.rtp.RtpPacket(sequence_number=1, timestamp=1))
+        assert (pli, frame) == (False, None)
+    finally:
+        await pc.close()
+
+
+def test_loopback_ice_offers_127_0_0_1_and_can_offer_nothing_else():
+    try:
+        aiortc_seams.use_loopback_ice(True, only=True)
+        assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["127.0.0.1"]
+        aiortc_seams.use_loopback_ice(True, only=False)
+        assert "127.0.0.1" in aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False)
+    finally:
+        aiortc_seams.use_loopback_ice(True, only=True)  # what the test suite runs with
+
+
+def _encoded(mime_type: str, force_keyframe: bool, frames_before: int = 0) -> list[bytes]:
+    encoder = get_encoder(RTCRtpCodecParameters(
+        mimeType=mime_type, clockRate=90000, payloadType=96,
+        parameters={"packetization-mode": "1", "profile-level-id": "42e01f"}
+        if mime_type == "video/H264" else {}))
+    rng = np.random.default_rng(1)
+    payloads: list[bytes] = []
+    for i in range(frames_before + 1):
+        image = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = i * 3000
+        frame.time_base = fractions.Fraction(1, 90000)
+        payloads, _ = encoder.encode(frame, force_keyframe=force_keyframe and i == frames_before)
+    return payloads
+
+
+@pytest.mark.parametrize("mime_type, detector", [("video/VP8", vp8_starts_keyframe),
+                                                 ("video/H264", h264_starts_keyframe)])
+def test_keyframe_start_is_recognised_in_real_encoder_output(mime_type, detector):
+    key = _encoded(mime_type, force_keyframe=True)
+    delta = _encoded(mime_type, force_keyframe=False, frames_before=2)
+    assert detector(key[0]), "first packet of a keyframe not recognised"
+    assert not any(detector(p) for p in delta), "a delta frame taken for a keyframe"
+    assert keyframe_detector(mime_type) is detector
+    assert keyframe_detector("audio/opus")(b"\x00")
+
+
+def test_keyframe_detectors_survive_truncated_payloads():
+    for payload in (b"", b"\x90", b"\x90\x80", b"\x7c", b"\x18\x00"):
+        vp8_starts_keyframe(payload)
+        h264_starts_keyframe(payload)
+    with pytest.raises(ValueError, match="no keyframe detector"):
+        keyframe_detector("video/AV1")

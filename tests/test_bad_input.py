@@ -1,0 +1,165 @@
+"""Garbage at the edge gets a clear error naming the problem; the connection, the
+room and everyone else carry on."""
+
+from __future__ import annotations
+
+import json
+
+import msgpack
+import pytest
+
+from clients.sdk.client import ServerError
+from conftest import World, read_frame_codes
+from server.signaling.messages import MAX_MESSAGE_BYTES
+
+
+@pytest.fixture
+async def watched(world: World):
+    """A crew streaming and an expert watching it: the bystanders of every test here."""
+    await world.crew()
+    expert = await world.expert("bystander")
+    remote = await expert.wait_for_track("video")
+    await read_frame_codes(remote.track, 3)
+    return remote
+
+
+async def assert_still_serving(client, remote) -> None:
+    """The offender's connection still answers, and the bystander still decodes."""
+    pong = await client.request({"type": "ping"})
+    assert pong["type"] == "pong"
+    codes = await read_frame_codes(remote.track, 10)
+    assert codes[-1].frame_id > codes[0].frame_id
+
+
+@pytest.mark.parametrize("frame, code, words", [
+    (b"\xc1\xff\x00", "malformed", "malformed msgpack"),
+    ("{\"type\": \"join\",", "malformed", "malformed JSON"),
+    ("[1, 2, 3]", "invalid_message", "map/object"),
+    ("{\"room\": \"demo\"}", "invalid_message", "`type`"),
+    ("{\"type\": \"teleport\"}", "unknown_type", "teleport"),
+    (msgpack.packb({"type": "join", "room": "demo", "role": "surgeon", "name": "x"}),
+     "invalid_field", "$.role"),
+    ("{\"type\": \"join\", \"room\": \"a/b\", \"role\": \"expert\", \"name\": \"x\"}",
+     "invalid_field", "$.room"),
+    ("x" * (MAX_MESSAGE_BYTES + 1), "message_too_large", str(MAX_MESSAGE_BYTES)),
+])
+async def test_bad_frame_gets_a_clear_error_and_the_connection_carries_on(
+        world: World, watched, frame, code, words):
+    client = world.client("expert", "offender")
+    await client.connect()
+    await client.send_raw(frame)
+    error = await client.next_error()
+    assert error["code"] == code
+    assert words in error["message"]
+    await assert_still_serving(client, watched)
+
+
+async def test_messages_before_joining_are_refused(world: World, watched):
+    client = world.client("expert", "impatient")
+    await client.connect(join=False)
+    await client.send_raw(json.dumps({"type": "publish", "sdp": "v=0"}))
+    error = await client.next_error()
+    assert error["code"] == "not_joined" and "join a room" in error["message"]
+    await assert_still_serving(client, watched)
+
+
+async def test_error_replies_in_the_encoding_of_the_request(world: World):
+    texts = world.client("expert", "json-speaker", binary=False)
+    await texts.connect()
+    await texts.send_raw(json.dumps({"type": "nope"}))
+    assert (await texts.next_error())["code"] == "unknown_type"
+    binary = world.client("expert", "msgpack-speaker", binary=True)
+    await binary.connect()
+    await binary.send_raw(msgpack.packb({"type": "nope"}))
+    assert (await binary.next_error())["code"] == "unknown_type"
+    assert texts.last_frame_was_binary is False and binary.last_frame_was_binary is True
+
+
+
+@pytest.mark.parametrize("role, kinds, words", [
+    ("observer", "video", "role observer may not publish"),
+    ("expert", "video", "role expert may publish audio only, not video"),
+])
+async def test_wrong_role_for_publishing_is_refused(world: World, watched, role, kinds, words):
+    from clients.hololens_bridge.simulated import SyntheticCameraTrack
+    client = world.client(role, "wrong-role")
+    await client.connect()
+    with pytest.raises(ServerError) as raised:
+        await client.publish([SyntheticCameraTrack(320, 240)])
+    assert raised.value.code == "forbidden"
+    assert words in str(raised.value)
+    await assert_still_serving(client, watched)
+
+
+async def test_expert_sending_a_pose_is_refused_on_the_data_channel(world: World, watched):
+    from clients.hololens_bridge.simulated import ToneTrack
+    expert = world.client("expert", "posing")
+    await expert.connect()
+    await expert.publish([ToneTrack()], data_channel=True)
+    replies = expert.publish_replies
+    channel = expert.publish_channel
+    await expert.wait_until(lambda: channel.readyState == "open")
+    expert.send_data({"type": "pose", "rtp_timestamp": 1, "T_world_camera": [1, 0, 0, 0, 0, 1,
+                      0, 0, 0, 0, 1, 0, 0, 0, 0, 1], "intrinsics": {"width": 640, "height": 360,
+                      "fx": 500.0, "fy": 500.0, "cx": 320.0, "cy": 180.0}})
+    await expert.wait_until(lambda: replies)
+    assert replies[0]["code"] == "forbidden" and "may not send poses" in replies[0]["message"]
+    await assert_still_serving(expert, watched)
+
+
+async def test_crew_pose_with_a_non_rigid_matrix_is_refused(world: World):
+    crew = await world.crew(room="bay-x")
+    replies = crew.client.publish_replies
+    await crew.client.wait_until(lambda: crew.client.publish_channel.readyState == "open")
+    crew.client.send_data({"type": "pose", "rtp_timestamp": 5,
+                           "T_world_camera": [2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1],
+                           "intrinsics": {"width": 640, "height": 360, "fx": 500.0,
+                                          "fy": 500.0, "cx": 320.0, "cy": 180.0}})
+    crew.client.send_data({"type": "pose", "rtp_timestamp": 5, "T_world_camera": [1] * 16,
+                           "intrinsics": {"width": -1}})
+    await crew.client.wait_until(lambda: len(replies) >= 2)
+    assert "not orthonormal" in replies[0]["message"]
+    assert replies[1]["code"] == "invalid_field"
+
+
+async def test_sdp_garbage_is_refused_and_a_good_offer_still_works_after(world: World, watched):
+    from clients.hololens_bridge.simulated import ToneTrack
+    expert = world.client("expert", "garbled")
+    await expert.connect()
+    for garbage in ("this is not sdp", "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"
+                    "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"):
+        with pytest.raises(ServerError) as raised:
+            await expert.request({"type": "publish", "sdp": garbage})
+        assert raised.value.code == "invalid_sdp"
+    await expert.publish([ToneTrack()])  # the same connection can still publish
+    await assert_still_serving(expert, watched)
+
+
+async def test_joining_a_room_that_does_not_exist_is_refused_unless_a_crew_creates_it(
+        world: World):
+    expert = world.client("expert", "lost", room="no-such-room")
+    with pytest.raises(ServerError) as raised:
+        await expert.connect()
+    assert raised.value.code == "room_not_found"
+    assert "'no-such-room' does not exist" in str(raised.value)
+
+    crew_without_create = world.client("crew", "medic", room="no-such-room")
+    with pytest.raises(ServerError):
+        await crew_without_create.connect()
+    crew = world.client("crew", "medic", room="no-such-room", create=True)
+    joined = await crew.connect()
+    assert joined["room"] == "no-such-room"
+
+
+async def test_second_join_and_stale_subscribe_answer_are_refused(world: World):
+    expert = await world.expert("twice")
+    with pytest.raises(ServerError) as raised:
+        await expert.request({"type": "join", "room": "demo", "role": "expert", "name": "x"})
+    assert raised.value.code == "already_joined"
+    with pytest.raises(ServerError) as raised:
+        await expert.request({"type": "subscribe_answer", "sdp": "v=0", "revision": 99})
+    assert raised.value.code == "stale_answer"
+    with pytest.raises(ServerError) as raised:
+        await expert.request({"type": "ice", "pc": "subscribe", "candidate": "candidate:garbage"})
+    assert raised.value.code == "invalid_field"
+    assert (await expert.request({"type": "ping"}))["type"] == "pong"
