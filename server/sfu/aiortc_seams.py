@@ -14,6 +14,8 @@ against the installed aiortc, so an upgrade fails there, loudly, first.
 from __future__ import annotations
 
 import asyncio
+import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -155,36 +157,76 @@ class HoldTrack(MediaStreamTrack):
         super().stop()
 
 
+_MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+_ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+_AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+_NTP_EPOCH_OFFSET_S = 2208988800  # 1900-01-01 to 1970-01-01
+
+
+def abs_send_time_now() -> bytes:
+    """The abs-send-time header extension value for now: 6.18 fixed-point seconds."""
+    return ((int((time.time() + _NTP_EPOCH_OFFSET_S) * (1 << 18))) & 0xFFFFFF).to_bytes(3, "big")
+
+
 class RtpInjector:
     """Puts already-encoded RTP packets into an aiortc sender's RTP path.
 
-    It builds the packet with the sender's SSRC, the negotiated payload type
-    and header extensions, stores it in the sender's retransmission history
-    (so the sender answers this subscriber's NACKs itself, over RTX when
-    negotiated), and updates the counters its RTCP sender reports use.
+    The forwarding path is the SFU's per-packet, per-subscriber cost, so the
+    header is packed by hand (RFC 3550 fixed header plus RFC 8285 one-byte
+    extensions for mid and abs-send-time) instead of building an aiortc
+    RtpPacket: 2-3 us instead of about 28 us. The bytes go into our own
+    retransmission history; when this subscriber NACKs, the packet is parsed
+    back into the sender's history and the sender's own `_retransmit` answers
+    (over RTX when negotiated). The counters its RTCP sender reports read are
+    kept up to date.
     """
 
     def __init__(self, sender: RTCRtpSender, on_keyframe_request: Callable[[], None],
                  on_ready: Callable[[], None]) -> None:
         self._sender = sender
         self.payload_type: int | None = None
-        self._history: dict[int, RtpPacket] = sender._RTCRtpSender__rtp_history  # type: ignore
+        self._history: dict[int, bytes] = {}
+        self._aiortc_history: dict[int, RtpPacket] = sender._RTCRtpSender__rtp_history  # type: ignore
         self._extensions_map = sender._RTCRtpSender__rtp_header_extensions_map  # type: ignore
         self._transport = sender.transport
         self._started = asyncio.Event()
+        self._mid_ext = b""
+        self._ast_id = 0
+        self._level_id = 0
+        self._packets = 0
+        self._octets = 0
         # A subscriber's PLI/FIR reaches the sender's `_send_keyframe`, which
         # would only flag its (unused) encoder: route it to the SFU instead.
         sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
         original_send = sender.send
+        original_retransmit = sender._retransmit
 
         async def send(parameters: Any) -> None:
-            self.payload_type = parameters.codecs[0].payloadType
+            self._configure(parameters)
             self._transport = sender.transport
             await original_send(parameters)
             self._started.set()
             on_ready()
 
+        async def retransmit(sequence_number: int) -> None:
+            data = self._history.get(sequence_number % RTP_HISTORY_SIZE)
+            if data is None:
+                return
+            packet = RtpPacket.parse(data, self._extensions_map)
+            self._aiortc_history[sequence_number % RTP_HISTORY_SIZE] = packet
+            await original_retransmit(sequence_number)
+
         sender.send = send  # type: ignore[method-assign]
+        sender._retransmit = retransmit  # type: ignore[method-assign]
+
+    def _configure(self, parameters: Any) -> None:
+        self.payload_type = parameters.codecs[0].payloadType
+        ids = {ext.uri: ext.id for ext in parameters.headerExtensions if 1 <= ext.id <= 14}
+        mid = (parameters.muxId or "").encode()
+        if ids.get(_MID_URI) and 1 <= len(mid) <= 16:
+            self._mid_ext = bytes([(ids[_MID_URI] << 4) | (len(mid) - 1)]) + mid
+        self._ast_id = ids.get(_ABS_SEND_TIME_URI, 0)
+        self._level_id = ids.get(_AUDIO_LEVEL_URI, 0)
 
     @property
     def ready(self) -> bool:
@@ -194,22 +236,44 @@ class RtpInjector:
     def ssrc(self) -> int:
         return self._sender._ssrc
 
-    async def send(self, source: RtpPacket, sequence_number: int, timestamp: int) -> None:
+    async def send(self, source: RtpPacket, sequence_number: int, timestamp: int,
+                   abs_send_time: bytes) -> None:
+        """Send `source`'s payload as our packet `sequence_number`.
+
+        `abs_send_time` comes from abs_send_time_now(), computed once per
+        incoming packet for all of its copies.
+        """
+        ext = self._mid_ext
+        if self._ast_id:
+            ext += bytes(((self._ast_id << 4) | 2,)) + abs_send_time
+        level = source.extensions.audio_level
+        if self._level_id and level is not None:
+            ext += bytes(((self._level_id << 4), (0x80 if level[0] else 0) | level[1]))
+        if ext:
+            ext += b"\0" * (-len(ext) % 4)
+            header = _HEADER_WITH_EXTENSION.pack(
+                0x90, (source.marker << 7) | self.payload_type, sequence_number, timestamp,
+                self._sender._ssrc, 0xBEDE, len(ext) >> 2) + ext
+        else:
+            header = _HEADER.pack(0x80, (source.marker << 7) | self.payload_type,
+                                  sequence_number, timestamp, self._sender._ssrc)
+        data = header + source.payload
+        self._history[sequence_number % RTP_HISTORY_SIZE] = data
+        await self._transport._send_rtp(data)
         sender = self._sender
-        packet = RtpPacket(payload_type=self.payload_type, marker=source.marker,
-                           sequence_number=sequence_number, timestamp=timestamp,
-                           ssrc=sender._ssrc, payload=source.payload)
-        ext = packet.extensions
-        ext.abs_send_time = (clock.current_ntp_time() >> 14) & 0x00FFFFFF
-        ext.mid = sender._RTCRtpSender__mid  # type: ignore[attr-defined]
-        if source.extensions.audio_level is not None:
-            ext.audio_level = source.extensions.audio_level
-        self._history[sequence_number % RTP_HISTORY_SIZE] = packet
-        await self._transport._send_rtp(packet.serialize(self._extensions_map))
-        sender._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore
-        sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore
-        sender._RTCRtpSender__octet_count += len(packet.payload)  # type: ignore
-        sender._RTCRtpSender__packet_count += 1  # type: ignore
+        self._packets += 1
+        self._octets += len(source.payload)
+        sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
+        sender._RTCRtpSender__packet_count = self._packets  # type: ignore[attr-defined]
+        sender._RTCRtpSender__octet_count = self._octets  # type: ignore[attr-defined]
+        if self._packets & 15 == 1:
+            # The sender report pairs this with the RTP timestamp; refreshing
+            # it every 16 packets keeps it within a frame interval.
+            sender._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore
+
+
+_HEADER = struct.Struct("!BBHLL")
+_HEADER_WITH_EXTENSION = struct.Struct("!BBHLLHH")
 
 
 def negotiated_codecs(transceiver: Any) -> list[Any]:

@@ -55,7 +55,7 @@ class Consumer:
         self.last_keyframe_request_at = self.producer.clock()
         self.producer.request_keyframe()
 
-    async def forward(self, packet: RtpPacket) -> None:
+    async def forward(self, packet: RtpPacket, abs_send_time: bytes) -> None:
         """Send one packet; the producer calls this only from a keyframe start on
         while `waiting_for_keyframe` is set."""
         if self._closed:
@@ -75,7 +75,7 @@ class Consumer:
             return  # a late retransmission from before this consumer started
         out_seq = (seq + self._seq_offset) & 0xFFFF
         try:
-            await self._injector.send(packet, out_seq, packet.timestamp)
+            await self._injector.send(packet, out_seq, packet.timestamp, abs_send_time)
         except ConnectionError:
             self.packets_dropped += 1
             self._restart()

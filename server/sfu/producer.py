@@ -77,13 +77,14 @@ class Producer:
         if not consumers or self._closed:
             return
         is_key = None
+        abs_send_time = aiortc_seams.abs_send_time_now()
         for consumer in consumers:
             if consumer.waiting_for_keyframe:
                 if is_key is None:
                     is_key = self._is_keyframe_start(packet.payload)
                 if not is_key:
                     continue
-            await consumer.forward(packet)
+            await consumer.forward(packet, abs_send_time)
         self.forwarding_delays_s.append(time.perf_counter() - arrived)
 
     def clock(self) -> float:
