@@ -52,7 +52,7 @@ async def test_late_subscriber_gets_a_decodable_keyframe_within_one_second(world
     assert elapsed < 1.0, f"late joiner's first frame took {elapsed:.3f} s"
 
 
-async def test_subscriber_killed_abruptly_does_not_interrupt_the_others(world: World):
+async def test_frozen_then_killed_subscriber_does_not_stall_the_others(world: World):
     await world.crew()
     steady = await world.expert("steady")
     steady_track = (await steady.wait_for_track("video")).track
@@ -66,18 +66,37 @@ async def test_subscriber_killed_abruptly_does_not_interrupt_the_others(world: W
         loop = asyncio.get_running_loop()
         line = await asyncio.wait_for(loop.run_in_executor(None, doomed.stdout.readline), 30)
         assert line.startswith("DECODED"), line
-        doomed.send_signal(signal.SIGKILL)  # no leave, no DTLS close, no RTCP BYE
+        # Frozen: it reads nothing, its socket buffers fill, it answers no RTCP.
+        doomed.send_signal(signal.SIGSTOP)
+        frozen_codes = await read_frame_codes(steady_track, 30)
+        # Then gone: no leave, no DTLS close, no RTCP BYE.
+        doomed.send_signal(signal.SIGKILL)
         doomed.wait(5)
     finally:
         if doomed.poll() is None:
             doomed.kill()
         doomed.stdout.close()
 
-    codes = await read_frame_codes(steady_track, 45)
+    codes = frozen_codes + await read_frame_codes(steady_track, 30)
     ids = [c.frame_id for c in codes]
     assert max(b - a for a, b in zip(ids, ids[1:])) == 1, f"frames skipped: {ids}"
     room = world.server.app.state.registry.get("demo")
     await steady.wait_until(lambda: len(room.peers) == 2)  # crew and steady only
+
+
+async def test_two_crews_in_one_room_are_both_forwarded(world: World):
+    crew_1 = await world.crew(name="medic-1")
+    crew_2 = await world.crew(name="medic-2", width=480, height=272)
+    expert = await world.expert("doc")
+    video_1 = await expert.wait_for_track("video", peer_id=crew_1.client.state.peer_id)
+    video_2 = await expert.wait_for_track("video", peer_id=crew_2.client.state.peer_id)
+    frames = await asyncio.gather(video_1.track.recv(), video_2.track.recv())
+    assert [f.width for f in frames] == [640, 480]
+    codes = await asyncio.gather(read_frame_codes(video_1.track, 10),
+                                 read_frame_codes(video_2.track, 10))
+    assert all(_advancing(c) for c in codes)
+    # Each crew hears the other crew's microphone.
+    await crew_1.client.wait_for_track("audio", peer_id=crew_2.client.state.peer_id)
 
 
 async def test_two_rooms_do_not_leak_media_into_each_other(world: World):
