@@ -159,7 +159,11 @@ async def test_expert_audio_reaches_the_crew_and_the_other_experts(world: World)
     await speaker.publish([ToneTrack()])
     speaker_id = speaker.state.peer_id
 
-    for client in (crew.client, listener):
+    # The simulated headset plays what it hears (here: measures it).
+    await crew.client.wait_for_track("audio", peer_id=speaker_id)
+    await crew.client.wait_until(lambda: crew.audio_frames_heard > 25
+                                 and crew.audio_rms_heard > 300)
+    for client in (listener,):
         remote = await client.wait_for_track("audio", peer_id=speaker_id)
         samples = []
         async with asyncio.timeout(10):

@@ -146,6 +146,12 @@ class SimulatedCrew:
         self.poses_sent = 0
         self._origin: int | None = None
         self._last_timestamp: int | None = None
+        #: Tasks draining the tracks we receive (the experts' voices): a
+        #: headset would play them; unread, aiortc would queue them forever.
+        self._drains: list[asyncio.Task] = []
+        self.audio_frames_heard = 0
+        self.audio_rms_heard = 0.0
+        client.on_track = self._on_remote_track
 
     async def start(self) -> None:
         await self.client.connect()
@@ -176,5 +182,23 @@ class SimulatedCrew:
             "capture_time_ms": capture_ms, "frame_id": frame_id})
         self.poses_sent += 1
 
+    def _on_remote_track(self, remote) -> None:
+        self._drains.append(asyncio.ensure_future(self._drain(remote.track)))
+
+    async def _drain(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except Exception:  # MediaStreamError when the track ends
+                return
+            if track.kind == "audio":
+                self.audio_frames_heard += 1
+                pcm = frame.to_ndarray().astype(np.float64)
+                self.audio_rms_heard = float(np.sqrt(np.mean(pcm * pcm)))
+                self.client.changed()
+
     async def stop(self) -> None:
+        for task in self._drains:
+            task.cancel()
+        await asyncio.gather(*self._drains, return_exceptions=True)
         await self.client.close()

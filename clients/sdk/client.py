@@ -144,6 +144,11 @@ class GoldenHourClient:
     async def send(self, message: dict) -> None:
         await self.send_raw(self._encode(message))
 
+    def changed(self) -> None:
+        """Tell wait_until() to re-check: something outside the client changed
+        (a frame decoded by a caller's task, for instance)."""
+        self._activity.set()
+
     async def wait_until(self, predicate: Callable[[], object], timeout: float = 10.0) -> None:
         """Wait until `predicate()` holds; it is re-checked whenever a message,
         track or data-channel message arrives."""
