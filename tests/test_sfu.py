@@ -232,3 +232,21 @@ async def test_packet_loss_to_one_subscriber_is_repaired_by_retransmission(world
     for codes in (lossy_codes, clean_codes):
         ids = [c.frame_id for c in codes]
         assert max(b - a for a, b in zip(ids, ids[1:])) == 1, ids
+
+
+async def test_h264_is_forwarded_and_the_server_decodes_nothing(world: World):
+    crew = await world.crew(video_codec="video/H264")
+    expert = await world.expert("doc")
+    remote = await expert.wait_for_track("video")
+    assert remote.info["codec"] == "video/H264"
+    codes = await read_frame_codes(remote.track, 15)
+    assert _advancing(codes)
+
+    room = world.server.app.state.registry.get("demo")
+    producer = room.router.producer(remote.info["producer_id"])
+    assert producer.mime_type == "video/H264" and producer.packets_in > 15
+    # The server's own receiver never produced a frame: nothing was decoded.
+    server_receiver = producer._receiver
+    assert server_receiver.track._queue.qsize() == 0
+    assert server_receiver._RTCRtpReceiver__decoder_queue.qsize() == 0
+    assert crew.poses_sent > 0
