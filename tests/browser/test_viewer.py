@@ -1,6 +1,10 @@
 """The browser viewer (clients/tablet_web/static/viewer.html) against a real
 headless Chromium: frames proven decoded from their pixels, both directions
-through the SFU, VP8 and H.264."""
+through the SFU, VP8 and H.264.
+
+Screenshots of the viewer land in test-artifacts/; with GOLDENHOUR_UPDATE_DOCS=1
+the VP8 one also replaces docs/img/viewer.png (not on every run: the picture
+differs each time and would leave the working tree dirty)."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
+from playwright.sync_api import expect
 
 from clients.sdk import framecode
 from server.signaling import messages as m
@@ -69,9 +74,10 @@ def test_msgpack_js_decodes_a_pose_as_the_server_encodes_it(open_page) -> None:
 @pytest.mark.parametrize("codec", CODECS)
 def test_expert_page_decodes_simulated_crew_frames_through_the_sfu(
         codec, room, open_page, loop_peers, artifacts) -> None:
-    loop_peers.crew(room, video_codec=CODECS[codec])
+    crew = loop_peers.crew(room, video_codec=CODECS[codec])
     page = open_page(room, "expert", name="Dr Browser")
     wait_joined(page)
+    expect(page.locator("#participants")).to_contain_text("Simulated crew (crew)")
 
     # Proof from pixels: frame counters read back from the canvas, verified by
     # their CRC, several distinct and increasing.
@@ -89,9 +95,17 @@ def test_expert_page_decodes_simulated_crew_frames_through_the_sfu(
                           "microphone: window.goldenhour.microphone})")
     assert state["stats"]["videoCodec"] == CODECS[codec]
     assert state["errors"] == []
-    # The expert's fake microphone is published: the crew is offered its audio.
+    # The crew is heard: its audio plays from the same <video> element.
+    page.wait_for_function("() => window.goldenhour.stats.audioPacketsReceived > 0")
+    assert page.evaluate("() => document.getElementById('video').srcObject"
+                         ".getAudioTracks().length") == 1
+
+    # The expert's fake microphone is published and reaches the crew.
     assert state["microphone"] == "on"
     page.wait_for_function("() => window.goldenhour.publishing")
+    expert_id = page.evaluate("() => window.goldenhour.peerId")
+    loop_peers.run(crew.client.wait_for_track("audio", timeout=10, peer_id=expert_id))
+    loop_peers.run(crew.client.wait_until(lambda: crew.audio_frames_heard > 0, timeout=10))
 
     # The pose relayed on the data channel for the displayed frame's RTP
     # timestamp is that very frame's pose.
@@ -110,7 +124,8 @@ def test_browser_crew_reaches_aiortc_expert_and_browser_viewer_through_the_sfu(
         codec, room, open_page, loop_peers) -> None:
     crew_page = open_page(room, "crew", name="Paramedic phone", codec=codec)
     crew_page.wait_for_function("() => window.goldenhour.publishing")
-
+    # Both subscribers at once: the viewer page connects while Python decodes.
+    viewer = open_page(room, "observer", name="Observer page")
     expert = loop_peers.client(room, "expert", "aiortc expert")
 
     async def receive_frames(count: int) -> tuple[dict, list[np.ndarray]]:
@@ -123,16 +138,15 @@ def test_browser_crew_reaches_aiortc_expert_and_browser_viewer_through_the_sfu(
 
     info, frames = loop_peers.run(receive_frames(15))
     assert info["codec"] == CODECS[codec]
-    assert all(f.shape == frames[0].shape for f in frames)
-    distinct = {f.tobytes() for f in frames}
-    assert len(distinct) >= 10, "the crew's camera picture does not change"
-    assert np.abs(frames[-1].astype(int) - frames[0].astype(int)).mean() > 0.5
+    # Chromium's fake camera animates: a decoded picture that stands still
+    # would mean frames repeated or never decoded. (Sizes may differ: Chromium
+    # scales its camera down while its bandwidth estimate ramps up.)
+    assert len({f.tobytes() for f in frames}) >= 10, "the crew's camera picture does not change"
+    assert all(f.std() > 5 for f in frames), "a decoded frame is blank"
 
-    viewer = open_page(room, "observer", name="Observer page")
     wait_joined(viewer)
     viewer.wait_for_function("() => window.goldenhour.stats.framesDecoded > 0")
-    decoded = frames_decoded(viewer)
-    wait_frames_decoded_beyond(viewer, decoded + 10)
+    wait_frames_decoded_beyond(viewer, frames_decoded(viewer) + 10)
     assert viewer.evaluate("() => window.goldenhour.stats.videoCodec") == CODECS[codec]
 
     crew_stats = crew_page.evaluate("() => window.goldenhour.stats")

@@ -38,6 +38,12 @@ export function decodeRow(rgba, block) {
  * Reads the frame code of every frame a <video> presents, through a canvas,
  * in requestVideoFrameCallback. `onCode({frameId, captureMs, rtpTimestamp})`
  * is called for each frame whose code verifies.
+ *
+ * The pixels and the RTP timestamp must come from the same frame. Drawing the
+ * <video> itself is not enough: under load Chromium moves on to the next
+ * frame between the callback's metadata and the draw (measured here: pixels
+ * of frame N+1 paired with frame N's timestamp). So the callback takes a
+ * VideoFrame of the current picture and uses that frame's own metadata.
  */
 export class FrameCodeReader {
   #video;
@@ -71,20 +77,43 @@ export class FrameCodeReader {
 
   #read(metadata) {
     this.framesSeen++;
-    const width = this.#video.videoWidth;
+    let frame;
+    try {
+      frame = new VideoFrame(this.#video);
+    } catch {
+      return; // no picture yet (or a browser without WebCodecs)
+    }
+    try {
+      const rtpTimestamp = rtpTimestampOf(frame, metadata);
+      const code = this.#readPixels(frame, frame.displayWidth, frame.displayHeight);
+      if (code === null) return;
+      this.framesRead++;
+      this.#onCode({ ...code, rtpTimestamp });
+    } finally {
+      frame.close();
+    }
+  }
+
+  #readPixels(image, width, height) {
     const block = Math.floor(width / BLOCKS);
-    if (block < 2 || this.#video.videoHeight < block) return;
+    if (block < 2 || height < block) return null;
     if (this.#canvas.width !== width || this.#canvas.height !== block) {
       this.#canvas.width = width;
       this.#canvas.height = block;
     }
     // Only the band of blocks is drawn: reading back a whole 720p frame each
     // frame would cost more than the decode.
-    this.#context.drawImage(this.#video, 0, 0, width, block, 0, 0, width, block);
+    this.#context.drawImage(image, 0, 0, width, block, 0, 0, width, block);
     const row = this.#context.getImageData(0, block >> 1, block * BLOCKS, 1).data;
-    const code = decodeRow(row, block);
-    if (code === null) return;
-    this.framesRead++;
-    this.#onCode({ ...code, rtpTimestamp: metadata.rtpTimestamp ?? null });
+    return decodeRow(row, block);
   }
+}
+
+/** The RTP timestamp of `frame`, or null where the browser cannot tell it. */
+function rtpTimestampOf(frame, metadata) {
+  const own = frame.metadata?.().rtpTimestamp;
+  if (own !== undefined) return own;
+  // Older Chromium: trust the callback's metadata only if it describes this frame.
+  const sameFrame = Math.abs(frame.timestamp - metadata.mediaTime * 1e6) < 1000;
+  return sameFrame ? metadata.rtpTimestamp ?? null : null;
 }

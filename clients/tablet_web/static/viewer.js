@@ -51,9 +51,12 @@ const state = {
   posesMatched: 0,
   poseMismatches: [],
   stats: { framesDecoded: 0, framesReceived: 0, frameWidth: 0, frameHeight: 0,
-           videoCodec: null, framesEncoded: 0, publishedVideoCodec: null },
+           videoCodec: null, audioPacketsReceived: 0, framesEncoded: 0,
+           publishedVideoCodec: null },
   subscribePc: null,
   publishPc: null,
+  // performance.now() (ms since navigation) of each step: where the time goes.
+  timeline: {},
   framesDecoded: async () => (await subscribeStats()).framesDecoded,
 };
 window.goldenhour = state;
@@ -70,6 +73,10 @@ function reportError(context, error) {
 
 window.addEventListener("error", (event) => reportError("page", event.message));
 window.addEventListener("unhandledrejection", (event) => reportError("page", event.reason));
+
+function mark(step) {
+  state.timeline[step] ??= Math.round(performance.now());
+}
 
 function render() {
   $("room").textContent = `room ${room} as ${role} (${name})`;
@@ -218,10 +225,13 @@ function codecOf(report, codecId) {
 
 async function subscribeStats() {
   const out = { framesDecoded: 0, framesReceived: 0, frameWidth: 0, frameHeight: 0,
-                videoCodec: null };
+                videoCodec: null, audioPacketsReceived: 0 };
   if (!state.subscribePc) return out;
   const report = await state.subscribePc.getStats();
   for (const entry of report.values()) {
+    if (entry.type === "inbound-rtp" && entry.kind === "audio") {
+      out.audioPacketsReceived += entry.packetsReceived ?? 0;
+    }
     if (entry.type === "inbound-rtp" && entry.kind === "video") {
       out.framesDecoded += entry.framesDecoded ?? 0;
       out.framesReceived += entry.framesReceived ?? 0;
@@ -276,19 +286,45 @@ async function play(element) {
   try {
     await element.play();
   } catch (error) {
-    if (error.name !== "NotAllowedError" || element.muted) {
-      if (error.name !== "AbortError") reportError("playback", error);
-      return;
+    if (error.name === "NotAllowedError" && !element.muted) {
+      element.muted = true;
+      const unmute = $("unmute");
+      unmute.hidden = false;
+      unmute.onclick = () => {
+        element.muted = false;
+        unmute.hidden = true;
+      };
+      await play(element);
+    } else if (error.name !== "AbortError") {
+      // AbortError: a newer srcObject replaced this one, and its own play() follows.
+      reportError("playback", error);
     }
-    element.muted = true;
-    const unmute = $("unmute");
-    unmute.hidden = false;
-    unmute.onclick = () => {
-      element.muted = false;
-      unmute.hidden = true;
-    };
-    await element.play().catch((e) => reportError("playback", e));
   }
+}
+
+/**
+ * The pose of the frame with this RTP timestamp. Chromium reports the RTP
+ * timestamp of some frames (a third, in one sample here) one tick (11 us at
+ * 90 kHz) below what was sent; frames are thousands of ticks apart, so a pose
+ * one or two ticks away belongs to the same frame.
+ */
+function poseFor(rtpTimestamp) {
+  if (rtpTimestamp === null || rtpTimestamp === undefined) return undefined;
+  for (const delta of [0, 1, -1, 2, -2]) {
+    const pose = poses.get((rtpTimestamp + delta + 2 ** 32) % 2 ** 32);
+    if (pose) return pose;
+  }
+  return undefined;
+}
+
+function onFrameCode(code) {
+  mark("firstFrameCode");
+  const pose = poseFor(code.rtpTimestamp);
+  const shown = state.lastFrameCode = { ...code, poseFrameId: pose?.frame_id ?? null };
+  if (pose?.frame_id === code.frameId) state.posesMatched++;
+  else if (pose && state.poseMismatches.length < 20) state.poseMismatches.push(shown);
+  state.recentFrameIds.push(code.frameId);
+  if (state.recentFrameIds.length > MAX_RECENT_FRAME_IDS) state.recentFrameIds.shift();
 }
 
 function onPose(message) {
@@ -319,19 +355,24 @@ function createSubscribeConnection(iceServers) {
       }
     };
   };
-  pc.onconnectionstatechange = render;
+  pc.onconnectionstatechange = () => {
+    if (pc.connectionState === "connected") mark("subscribeConnected");
+    render();
+  };
   return pc;
 }
 
 async function answerSubscribeOffer(signaling, offer) {
   for (const info of offer.tracks) trackInfo.set(info.mid, info);
   const pc = state.subscribePc;
+  mark(`subscribeOffer${offer.revision}`);
   await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
   await pc.setLocalDescription();
   // No trickle: the answer carries every candidate (fast on loopback and LAN).
   await iceGatheringComplete(pc);
   signaling.send({ type: "subscribe_answer", sdp: pc.localDescription.sdp,
                    revision: offer.revision });
+  mark(`subscribeAnswer${offer.revision}`);
 }
 
 // --- sending: the publish connection (we offer) ------------------------------
@@ -348,6 +389,7 @@ async function publish(signaling, stream, iceServers) {
   const answer = await signaling.request({ type: "publish", sdp: pc.localDescription.sdp });
   await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
   state.publishing = true;
+  mark("published");
   render();
 }
 
@@ -365,10 +407,12 @@ async function microphone() {
 
 // --- the session --------------------------------------------------------------
 
+// Offers are answered strictly in order: each answer's revision must match.
+let subscribeChain = Promise.resolve();
+
 function onSignalingMessage(signaling, message) {
   switch (message.type) {
     case "subscribe_offer":
-      // Offers are answered strictly in order: each answer's revision must match.
       subscribeChain = subscribeChain.then(() => answerSubscribeOffer(signaling, message))
         .catch((error) => reportError("subscribe", error));
       break;
@@ -391,11 +435,10 @@ function onSignalingMessage(signaling, message) {
   render();
 }
 
-let subscribeChain = Promise.resolve();
-
 async function pollStats() {
   try {
     Object.assign(state.stats, await subscribeStats(), await publishStats());
+    if (state.stats.framesDecoded) mark("framesDecoded");
     render();
   } catch (error) {
     reportError("stats", error);
@@ -403,6 +446,7 @@ async function pollStats() {
 }
 
 async function main() {
+  mark("script");
   render();
   let localStream = null;
   if (role === "crew") {
@@ -421,27 +465,23 @@ async function main() {
                                   (message) => onSignalingMessage(signaling, message));
   window.addEventListener("pagehide", () => signaling.close());
   await signaling.opened;
+  mark("signalingOpen");
   state.signaling = "open";
 
-  const reader = new FrameCodeReader(video, (code) => {
-    const pose = poses.get(code.rtpTimestamp);
-    state.lastFrameCode = { ...code, poseFrameId: pose?.frame_id ?? null };
-    if (pose?.frame_id === code.frameId) state.posesMatched++;
-    else if (pose && state.poseMismatches.length < 20) state.poseMismatches.push(state.lastFrameCode);
-    state.recentFrameIds.push(code.frameId);
-    if (state.recentFrameIds.length > MAX_RECENT_FRAME_IDS) state.recentFrameIds.shift();
-  });
+  const reader = new FrameCodeReader(video, onFrameCode);
   if (role !== "crew") reader.start();
 
   const joined = await signaling.request({ type: "join", room, role, name,
                                            create: role === "crew" });
-  // The subscribe connection exists before any offer can arrive: offers are
-  // handled from the message queue, after this continuation runs.
+  // The `joined` reply resumes us in a microtask, before the WebSocket can
+  // deliver the next message (the first subscribe offer), so the subscribe
+  // connection exists by the time any offer is handled.
   state.subscribePc = createSubscribeConnection(joined.ice_servers);
   state.peerId = joined.peer_id;
   state.peers.set(joined.peer_id, { peer_id: joined.peer_id, name, role });
   for (const peer of joined.peers) state.peers.set(peer.peer_id, peer);
   state.joined = true;
+  mark("joined");
   state.signaling = "joined";
   render();
 
