@@ -28,7 +28,7 @@ class RunningServer:
         return f"ws://127.0.0.1:{self.port}/ws"
 
 
-def test_config(**overrides: object) -> Config:
+def loopback_config(**overrides: object) -> Config:
     """A server on loopback only: plain HTTP, ICE candidates on 127.0.0.1 alone."""
     values = dict(host="127.0.0.1", port=0, tls=False, ice_loopback_only=True,
                   demo_room="demo")
@@ -39,7 +39,7 @@ def test_config(**overrides: object) -> Config:
 @pytest.fixture
 async def server() -> AsyncIterator[RunningServer]:
     """A GoldenHour server in this test's event loop, on a free loopback port."""
-    async with start_server(test_config()) as running:
+    async with start_server(loopback_config()) as running:
         yield running
 
 

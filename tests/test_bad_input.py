@@ -9,7 +9,7 @@ import msgpack
 import pytest
 
 from clients.sdk.client import ServerError
-from conftest import World, read_frame_codes
+from tests.conftest import World, read_frame_codes
 from server.signaling.messages import MAX_MESSAGE_BYTES
 
 

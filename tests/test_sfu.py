@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from clients.hololens_bridge.simulated import ToneTrack
-from conftest import World, read_frame_codes
+from tests.conftest import World, read_frame_codes
 from server.sfu import aiortc_seams
 
 REPO = Path(__file__).resolve().parent.parent

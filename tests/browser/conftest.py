@@ -24,7 +24,7 @@ import pytest
 
 from clients.hololens_bridge.simulated import SimulatedCrew
 from clients.sdk.client import GoldenHourClient
-from tests.conftest import RunningServer, start_server, test_config
+from tests.conftest import RunningServer, start_server, loopback_config
 
 T = TypeVar("T")
 
@@ -92,7 +92,7 @@ def loop_thread() -> Iterator[LoopThread]:
 @pytest.fixture(scope="session")
 def live_server(loop_thread: LoopThread) -> Iterator[RunningServer]:
     """One GoldenHour server for the session; each test uses rooms of its own."""
-    context = start_server(test_config())
+    context = start_server(loopback_config())
     running = loop_thread.run(context.__aenter__())
     yield running
     loop_thread.run(context.__aexit__(None, None, None), timeout=30)
