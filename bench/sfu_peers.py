@@ -342,7 +342,7 @@ class SubscriberHost:
             remaining = timeout_s - (time.monotonic() - started)
             await asyncio.wait_for(subscriber.first_frame.wait(), max(0.0, remaining))
             return {"first_frame_s": round(time.monotonic() - started, 3)}
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return {"first_frame_s": None, "timeout_s": timeout_s}
         finally:
             if subscriber is not None:
