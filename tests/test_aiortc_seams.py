@@ -46,6 +46,11 @@ async def test_receiver_and_sender_still_have_the_private_state_the_seams_use():
         transport = sender.transport
         assert callable(transport._send_rtp) and callable(transport._handle_rtp_data)
         assert hasattr(transport, "_rtp_header_extensions_map")
+        # RtpInjector._send_direct: DTLS state and SRTP session, ICE's nominated pairs.
+        assert hasattr(transport, "_state") and hasattr(transport, "_tx_srtp")
+        assert isinstance(transport.transport._connection._nominated, dict)
+        assert isinstance(aioice.ice.CandidatePair.remote_addr, property)
+        assert "protocol" in aioice.ice.CandidatePair.__init__.__code__.co_varnames
         # The jitter buffer's add() contract the packet tap stands in for.
         pli, frame = receiver._RTCRtpReceiver__jitter_buffer.add(
             aiortc.rtp.RtpPacket(sequence_number=1, timestamp=1))

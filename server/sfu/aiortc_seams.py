@@ -23,6 +23,7 @@ import aioice.ice
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender
 from aiortc import clock
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcdtlstransport import State as _DtlsState
 from aiortc.rtcrtpreceiver import TimestampMapper
 from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket
 
@@ -157,6 +158,7 @@ class HoldTrack(MediaStreamTrack):
         super().stop()
 
 
+_DTLS_CONNECTED = _DtlsState.CONNECTED
 _MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 _ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 _AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
@@ -232,6 +234,24 @@ class RtpInjector:
     def ready(self) -> bool:
         return self._started.is_set() and self._transport.state == "connected"
 
+    def _send_direct(self, data: bytes) -> bool:
+        """Protect and send on the nominated ICE pair's socket, synchronously.
+
+        The same steps as RTCDtlsTransport._send_rtp -> RTCIceTransport._send
+        -> aioice Connection.send -> StunProtocol.send_data, without four
+        coroutine frames per packet per subscriber (about a quarter of the
+        forwarding cost). Returns False when the path is not plain (not yet
+        connected, no nominated pair), and the caller takes aiortc's path.
+        """
+        dtls = self._transport
+        if dtls._state is not _DTLS_CONNECTED:
+            return False
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            return False
+        pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
+        return True
+
     @property
     def ssrc(self) -> int:
         return self._sender._ssrc
@@ -259,7 +279,8 @@ class RtpInjector:
                                   sequence_number, timestamp, self._sender._ssrc)
         data = header + source.payload
         self._history[sequence_number % RTP_HISTORY_SIZE] = data
-        await self._transport._send_rtp(data)
+        if not self._send_direct(data):
+            await self._transport._send_rtp(data)
         sender = self._sender
         self._packets += 1
         self._octets += len(source.payload)
