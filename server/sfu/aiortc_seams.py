@@ -192,9 +192,14 @@ class RtpInjector:
         self._extensions_map = sender._RTCRtpSender__rtp_header_extensions_map  # type: ignore
         self._transport = sender.transport
         self._started = asyncio.Event()
-        self._mid_ext = b""
-        self._ast_id = 0
+        self._ext_prefix = b""
+        self._ext_padding = b""
+        self._ext_words = 0
+        self._with_ast = False
         self._level_id = 0
+        self._pair: Any = None
+        self._sendto: Callable[[bytes, Any], None] | None = None
+        self._remote_addr: Any = None
         self._packets = 0
         self._octets = 0
         # A subscriber's PLI/FIR reaches the sender's `_send_keyframe`, which
@@ -225,10 +230,18 @@ class RtpInjector:
         self.payload_type = parameters.codecs[0].payloadType
         ids = {ext.uri: ext.id for ext in parameters.headerExtensions if 1 <= ext.id <= 14}
         mid = (parameters.muxId or "").encode()
+        mid_ext = b""
         if ids.get(_MID_URI) and 1 <= len(mid) <= 16:
-            self._mid_ext = bytes([(ids[_MID_URI] << 4) | (len(mid) - 1)]) + mid
-        self._ast_id = ids.get(_ABS_SEND_TIME_URI, 0)
+            mid_ext = bytes([(ids[_MID_URI] << 4) | (len(mid) - 1)]) + mid
+        ast_id = ids.get(_ABS_SEND_TIME_URI, 0)
         self._level_id = ids.get(_AUDIO_LEVEL_URI, 0)
+        # Per packet only abs-send-time (and audio level) change: keep the rest
+        # of the RFC 8285 one-byte-header block ready.
+        self._ext_prefix = mid_ext + (bytes([(ast_id << 4) | 2]) if ast_id else b"")
+        self._with_ast = bool(ast_id)
+        fixed_length = len(self._ext_prefix) + (3 if ast_id else 0)
+        self._ext_padding = b"\0" * (-fixed_length % 4)
+        self._ext_words = (fixed_length + len(self._ext_padding)) >> 2
 
     @property
     def ready(self) -> bool:
@@ -239,9 +252,9 @@ class RtpInjector:
 
         The same steps as RTCDtlsTransport._send_rtp -> RTCIceTransport._send
         -> aioice Connection.send -> StunProtocol.send_data, without four
-        coroutine frames per packet per subscriber (about a quarter of the
-        forwarding cost). Returns False when the path is not plain (not yet
-        connected, no nominated pair), and the caller takes aiortc's path.
+        coroutine frames per packet per subscriber. Returns False when the
+        path is not plain (not yet connected, no nominated pair), and the
+        caller takes aiortc's path.
         """
         dtls = self._transport
         if dtls._state is not _DTLS_CONNECTED:
@@ -249,7 +262,11 @@ class RtpInjector:
         pair = dtls.transport._connection._nominated.get(1)
         if pair is None:
             return False
-        pair.protocol.transport.sendto(dtls._tx_srtp.protect(data), pair.remote_addr)
+        if pair is not self._pair:  # resolve once per nominated pair
+            self._pair = pair
+            self._sendto = pair.protocol.transport.sendto
+            self._remote_addr = pair.remote_addr
+        self._sendto(dtls._tx_srtp.protect(data), self._remote_addr)
         return True
 
     @property
@@ -263,25 +280,28 @@ class RtpInjector:
         `abs_send_time` comes from abs_send_time_now(), computed once per
         incoming packet for all of its copies.
         """
-        ext = self._mid_ext
-        if self._ast_id:
-            ext += bytes(((self._ast_id << 4) | 2,)) + abs_send_time
+        sender = self._sender
         level = source.extensions.audio_level
-        if self._level_id and level is not None:
-            ext += bytes(((self._level_id << 4), (0x80 if level[0] else 0) | level[1]))
-        if ext:
+        if level is not None and self._level_id:
+            ext = self._ext_prefix + (abs_send_time if self._with_ast else b"") + bytes(
+                ((self._level_id << 4), (0x80 if level[0] else 0) | level[1]))
             ext += b"\0" * (-len(ext) % 4)
+            words = len(ext) >> 2
+        else:
+            ext = self._ext_prefix + (abs_send_time if self._with_ast else b"") \
+                + self._ext_padding
+            words = self._ext_words
+        if words:
             header = _HEADER_WITH_EXTENSION.pack(
                 0x90, (source.marker << 7) | self.payload_type, sequence_number, timestamp,
-                self._sender._ssrc, 0xBEDE, len(ext) >> 2) + ext
+                sender._ssrc, 0xBEDE, words)
         else:
             header = _HEADER.pack(0x80, (source.marker << 7) | self.payload_type,
-                                  sequence_number, timestamp, self._sender._ssrc)
-        data = header + source.payload
+                                  sequence_number, timestamp, sender._ssrc)
+        data = b"".join((header, ext, source.payload))
         self._history[sequence_number % RTP_HISTORY_SIZE] = data
         if not self._send_direct(data):
             await self._transport._send_rtp(data)
-        sender = self._sender
         self._packets += 1
         self._octets += len(source.payload)
         sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
