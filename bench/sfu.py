@@ -1,34 +1,50 @@
 """SFU benchmark: GoldenHour's encoded pass-through against aiortc's decode/re-encode relay
-and a direct call, with one 720p crew camera and N decoding remote experts.
+and a direct call, with one 720p crew camera and N remote experts.
 
     python bench/sfu.py                      # 30 s per point, N = 1, 4, 16 (the lead's run)
     python bench/sfu.py --quick              # a few seconds, N = 1, 4 (development)
-    python bench/sfu.py --seconds 10 --subscribers 1,8 --systems goldenhour,direct
+    python bench/sfu.py --seconds 5 --subscribers 1,4,16 --systems goldenhour,direct
 
 Every system runs as its own process so that its CPU is its own: the GoldenHour
 server (`python -m server.cli serve`), the baseline (bench/relay_server.py), the
-publisher and the subscribers (bench/sfu_peers.py, 1 to --subscriber-procs
-processes). The publisher paints a frame counter and its capture time into
-every frame; subscribers decode every frame and read them back, which gives
-glass-to-glass latency (receive minus capture, same clock) and lost frames.
+publisher and the subscribers (bench/sfu_peers.py). The publisher encodes a
+live synthetic camera (frame counter and capture time painted into every
+frame) and logs, per frame sent, its RTP timestamp, capture time and when its
+last packet left. Of the N subscribers one decodes (in a process of its own)
+and reads the painted code back; the other N-1 are RTP-only: they decode
+nothing and record, per RTP timestamp, when the frame's packets arrived and
+when it was complete. Joined on the RTP timestamp with the publisher's log,
+that gives a network-level glass-to-glass latency and lost frames per
+subscriber at about 2.5% of a core each, where decoding 720p VP8 costs 20-30%:
+so N=16 fits on 2 cores next to the encoder and the server.
 
 Prints a table and the issue's goals, and writes bench/results/sfu-<time>.json
 and bench/results/sfu-latest.json. A benchmark, not a test: it never fails on
 a missed goal, only on a broken run (exit status 1 when a point failed).
 
 What can bias the figures (points where it does are flagged in the output):
-- The load generator shares the machine. aiortc's VP8 encoder costs about 0.9
-  core at 720p30 (one thread below 3 cores) and each decoding subscriber about
-  0.2-0.3 core, so N=16 needs some 6 free cores to measure the server and not
-  the load generator; a direct-call reference is re-measured next to each N
-  because other load drifts.
-- "+direct" compares percentiles of runs made one after another, with one
-  subscriber in the reference and N sharing processes in the system's run.
+- The load generator still shares the machine: the publisher's VP8 encoder
+  takes about 0.9 core at 720p30 (one libvpx thread, about 25 ms a frame),
+  the decoding subscriber about 0.3, the RTP-only ones 0.025 each. At N=16
+  the machine is about 85% busy and a frame's work arrives in one burst on
+  every process at once, so queueing for a core adds to the latencies (the
+  direct call, measured next to each N, has less of it).
+- RTP-only subscribers time a packet when aiortc hands it over in their
+  process, not when the kernel received it; their processing queue (about
+  90 us a packet, one frame's packets for 7-8 subscribers per process) is in
+  the figure. The decoding subscriber, alone in its process, shows how much.
+- Network-level g2g stops when the frame is complete at the subscriber; a
+  browser then waits in its jitter buffer and decodes. The decoding
+  subscriber's figure includes aiortc's (one frame interval) and decoding.
+- Subscribers send no REMB (bench/receiver_seams.py says why); the encoders
+  are pinned to one bitrate anyway.
+- "+direct" compares percentiles of runs made one after another.
 - Forwarding delay is what the SFU measures itself, from its packet tap to the
   last consumer's send: receive-side (UDP, SRTP) time is outside it.
 - The baseline's re-encoders run at the same pinned bitrate; with aiortc's
   default buffered MediaRelay overload shows as growing latency, then as lost
-  frames (`--relay-unbuffered` drops instead).
+  frames (`--relay-unbuffered` drops instead). Its RTP timestamps are its
+  encoders', so it is measured on the decoding subscriber's pixels.
 """
 
 from __future__ import annotations
@@ -77,6 +93,9 @@ GOALS = {
 SATURATED_BUSY_SHARE = 0.90
 #: A process using this much of one core is bound by its core (or its GIL).
 PROCESS_BOUND_CORES = 0.90
+#: The publisher's capture-to-send p50 this much above the direct call's
+#: means contention slowed the encoder, and '+direct' carries it.
+PUBLISHER_SLOWER_MS = 3.0
 
 
 # --- child processes ------------------------------------------------------------
@@ -269,8 +288,10 @@ class Settings:
 async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> dict:
     """Run one system with n subscribers; returns the raw figures (see `summarise`).
 
-    For the direct call n is the N it is the reference for: it always has one
-    subscriber.
+    Subscriber sub-00 decodes, in a process of its own; the other n-1 are
+    RTP-only, spread over up to --subscriber-procs processes. For the direct
+    call n is the N it is the reference for: it always has one subscriber,
+    the decoding one (a second would need a second encoder at the publisher).
     """
     point: dict = {"system": system, "n": n, "warnings": []}
     setup_started = time.monotonic()
@@ -299,13 +320,14 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
             http_url = f"http://127.0.0.1:{port}"
             media_url = f"ws://127.0.0.1:{port}/ws" if system == "goldenhour" else http_url
 
-        publisher = child("publisher", [
-            python, str(BENCH_DIR / "sfu_peers.py"), "publisher",
-            "--bitrate", str(settings.bitrate_bps), "--width", str(settings.width),
+        peers = [python, str(BENCH_DIR / "sfu_peers.py")]
+        publisher = child("publisher", peers + [
+            "publisher", "--bitrate", str(settings.bitrate_bps), "--width", str(settings.width),
             "--height", str(settings.height), "--fps", str(settings.fps)], control=True)
-        procs = 1 if system == "direct" else max(1, min(settings.subscriber_procs, n))
-        workers = [child(f"subscribers{k}", [python, str(BENCH_DIR / "sfu_peers.py"),
-                                             "subscribers"], control=True)
+        decoder = child("decoder", peers + ["subscribers"], control=True)
+        rtp_only = 0 if system == "direct" else n - 1
+        procs = min(settings.subscriber_procs, rtp_only)
+        workers = [child(f"subscribers{k}", peers + ["subscribers"], control=True)
                    for k in range(procs)]
 
         async def start_server() -> None:
@@ -315,7 +337,7 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
 
         # Python, aiortc and PyAV take seconds to import on a busy machine:
         # start every process at once; media starts only when all are up.
-        started = await asyncio.gather(start_server(), publisher.start(),
+        started = await asyncio.gather(start_server(), publisher.start(), decoder.start(),
                                        *(w.start() for w in workers), return_exceptions=True)
         failed = [e for e in started if isinstance(e, BaseException)]
         if failed:
@@ -323,15 +345,19 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
 
         if system == "direct":
             offer = await publisher.call({"op": "offer"})
-            answer = await workers[0].call({"op": "answer_direct", "sdp": offer["sdp"]})
+            answer = await decoder.call({"op": "answer_direct", "sdp": offer["sdp"],
+                                         "name": "direct", "decode": True})
             await publisher.call({"op": "answer", "sdp": answer["sdp"]})
-            ready = [await workers[0].call({"op": "wait_direct", "name": "direct"})]
+            ready = [await decoder.call({"op": "wait_direct"})]
         else:
             await publisher.call({"op": "start", "system": system, "url": media_url})
-            names = [f"sub-{i:02d}" for i in range(n)]
-            ready = await asyncio.gather(*(
-                w.call({"op": "start", "system": system, "url": media_url,
-                        "names": names[k::procs]}) for k, w in enumerate(workers)))
+            names = [f"sub-{i:02d}" for i in range(1, n)]
+            ready = await asyncio.gather(
+                decoder.call({"op": "start", "system": system, "url": media_url,
+                              "names": ["sub-00"], "decode": True}),
+                *(w.call({"op": "start", "system": system, "url": media_url,
+                          "names": names[k::procs], "decode": False})
+                  for k, w in enumerate(workers)))
         point["subscribers_ready_s"] = max(r["ready_s"] for r in ready)
 
         point["setup_s"] = round(time.monotonic() - setup_started, 1)
@@ -368,20 +394,27 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
 
         # Frames captured late in the window may still be on their way.
         await asyncio.sleep(settings.drain_s)
-        window = {"t0_ms": t0_ms, "t1_ms": t1_ms}
-        captured = await publisher.call({"op": "captured", **window})
-        reports = await asyncio.gather(*(w.call({"op": "report", **window}) for w in workers))
-        point["expected_frame_ids"] = captured["frame_ids"]
+        point["publisher_log"] = await publisher.call({"op": "log", "t0_ms": t0_ms,
+                                                       "t1_ms": t1_ms})
+        # A frame captured in the window cannot arrive before it.
+        since = {"op": "report", "since_s": t0_ms / 1000 - 0.5}
+        reports = await asyncio.gather(*(w.call(since) for w in [decoder] + workers))
         point["subscribers"] = [s for r in reports for s in r["subscribers"]]
         point["publisher"] = _publisher_rates(mark0, mark1)
-        point["cpu"] = _cpu(cpu0, cpu1, server, publisher, workers)
+        point["cpu"] = _cpu(cpu0, cpu1, server, publisher, decoder, workers)
 
         if system != "direct":
-            late = await workers[0].call({"op": "late_join", "system": system,
-                                          "url": media_url, "name": "late-joiner",
-                                          "timeout_s": settings.late_join_timeout_s},
-                                         timeout_s=settings.late_join_timeout_s + 30)
-            point["late_joiner_first_frame_s"] = late["first_frame_s"]
+            # One joiner of each kind, one after the other, so that each gets
+            # its own keyframe request answered.
+            timeout_s = settings.late_join_timeout_s
+            for key, host, decode in (("late_joiner_first_frame_s",
+                                       workers[0] if workers else decoder, False),
+                                      ("late_joiner_first_decoded_s", decoder, True)):
+                late = await host.call({"op": "late_join", "system": system, "url": media_url,
+                                        "name": f"late-{'decoding' if decode else 'rtp'}",
+                                        "decode": decode, "timeout_s": timeout_s},
+                                       timeout_s=timeout_s + 30)
+                point[key] = late["first_frame_s"]
             point["stream_age_at_late_join_s"] = round(
                 settings.warmup_s + point["window"]["seconds"] + settings.drain_s, 1)
     except Exception as exc:
@@ -391,7 +424,8 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
         # Subscribers first, then the publisher, then the server: every peer
         # says goodbye while the other side still listens.
         teardown_started = time.monotonic()
-        order = [[c for c in children if c.name.startswith("subscribers")],
+        order = [[c for c in children if c.name.startswith("subscribers")
+                  or c.name == "decoder"],
                  [c for c in children if c.name == "publisher"],
                  [c for c in children if c.name == "server"]]
         for group in order:
@@ -421,7 +455,7 @@ def _publisher_rates(mark0: dict, mark1: dict) -> dict:
 
 
 def _cpu(a: CpuSnapshot, b: CpuSnapshot, server: Child | None, publisher: Child,
-         workers: list[Child]) -> dict:
+         decoder: Child, workers: list[Child]) -> dict:
     wall = b.wall_s - a.wall_s
 
     def cores(name: str) -> float | None:
@@ -435,7 +469,9 @@ def _cpu(a: CpuSnapshot, b: CpuSnapshot, server: Child | None, publisher: Child,
     return {
         "server_cores": None if server is None else _round(cores(server.name), 4),
         "publisher_cores": _round(cores(publisher.name), 3),
+        "decoder_cores": _round(cores(decoder.name), 3),
         "subscriber_proc_cores": [_round(cores(w.name), 3) for w in workers],
+        "orchestrator_cores": round((b.orchestrator_s - a.orchestrator_s) / wall, 3),
         "system_busy_cores": round(busy, 3),
         "machine_cores": psutil.cpu_count(),
         "other_cores": round(max(0.0, busy - ours / wall), 3),
@@ -462,30 +498,94 @@ def summarise(point: dict, settings: Settings) -> dict:
     if "error" in point:
         out["error"] = point["error"]
         return out
-    expected = point["expected_frame_ids"]
-    expected_set = set(expected)
-    latencies: list[float] = []
-    lost = []
+    t0_s, t1_s = point["window"]["t0_ms"] / 1000, point["window"]["t1_ms"] / 1000
+    window_s = t1_s - t0_s
+    pub = point["publisher_log"]
+    sent = pub["sent"]
+    capture_of_ts = dict(zip(sent["rtp_ts"], sent["capture_s"]))
+    capture_of_id = dict(zip(pub["captured"]["frame_id"], pub["captured"]["capture_s"]))
+    # The relay re-encodes: its RTP timestamps are its encoders', not the publisher's.
+    joinable = point["system"] != "relay"
+    out["g2g_basis"] = "rtp" if joinable else "pixels"
+
+    sent_of_ts = dict(zip(sent["rtp_ts"], sent["marker_sent_s"]))
+    rtp_latencies: list[float] = []
+    first_packet_ms: list[float] = []   # first packet in, minus capture
+    sent_to_complete_ms: list[float] = []  # complete, minus marker packet sent
+    decoded_latencies: list[float] = []
     per_subscriber = []
+    rtp_lost: list[int] = []
+    decoded_lost = None
     unreadable = 0
     for sub in point["subscribers"]:
-        received = {i: lat for i, lat in zip(sub["frame_ids"], sub["latency_ms"])
-                    if i in expected_set}
-        missing = len(expected_set) - len(received)
-        lost.append(missing)
-        mine = list(received.values()) + [math.inf] * missing
-        latencies.extend(mine)
-        unreadable += sub["unreadable"]
-        # Per subscriber, to see whether one subscriber process lagged the rest.
-        per_subscriber.append({"name": sub["name"], "lost": missing,
-                               "p50_ms": percentile(mine, 0.5),
-                               "p95_ms": percentile(mine, 0.95)})
-    out["frames_expected_per_subscriber"] = len(expected)
-    out["frames_lost_per_subscriber"] = lost
+        rtp = sub["rtp"]
+        completed = [c for c in rtp["complete_s"] if c is not None]
+        entry: dict = {"name": sub["name"], "decode": sub["decode"],
+                       "complete_fps": round(sum(t0_s <= c < t1_s for c in completed)
+                                             / window_s, 2)}
+        if joinable:
+            complete_of_ts = {ts: c for ts, c in zip(rtp["rtp_ts"], rtp["complete_s"])
+                              if c is not None and ts in capture_of_ts}
+            mine = [1000 * (complete_of_ts[ts] - captured) if ts in complete_of_ts
+                    else math.inf for ts, captured in capture_of_ts.items()]
+            lost = sum(math.isinf(v) for v in mine)
+            for ts, first, complete in zip(rtp["rtp_ts"], rtp["first_s"], rtp["complete_s"]):
+                if ts in capture_of_ts and complete is not None:
+                    first_packet_ms.append(1000 * (first - capture_of_ts[ts]))
+                    if sent_of_ts.get(ts) is not None:
+                        sent_to_complete_ms.append(1000 * (complete - sent_of_ts[ts]))
+            rtp_lost.append(lost)
+            rtp_latencies.extend(mine)
+            entry.update(lost=lost, p50_ms=percentile(mine, 0.5), p95_ms=percentile(mine, 0.95))
+        if sub["decode"]:
+            decoded = sub["decoded"]
+            decoded_of_id = {}
+            for frame_id, decoded_s in zip(decoded["frame_id"], decoded["decoded_s"]):
+                if frame_id in capture_of_id:
+                    decoded_of_id.setdefault(frame_id, decoded_s)
+            decoded_latencies = [1000 * (decoded_of_id[i] - c) if i in decoded_of_id
+                                 else math.inf for i, c in capture_of_id.items()]
+            decoded_lost = sum(math.isinf(v) for v in decoded_latencies)
+            unreadable += decoded["unreadable"]
+            entry.update(decoded_lost=decoded_lost,
+                         decoded_p50_ms=percentile(decoded_latencies, 0.5))
+        per_subscriber.append(entry)
+
+    out["frames_sent_in_window"] = len(capture_of_ts)
+    out["frames_captured_in_window"] = len(capture_of_id)
     out["per_subscriber"] = per_subscriber
-    out["frames_lost"] = sum(lost)
     out["frames_unreadable"] = unreadable
-    out["glass_to_glass_ms"] = {f"p{q}": percentile(latencies, q / 100) for q in (50, 95, 99)}
+    quantiles = (50, 95, 99)
+    out["decoded_glass_to_glass_ms"] = {f"p{q}": percentile(decoded_latencies, q / 100)
+                                        for q in quantiles}
+    out["decoded_frames_lost"] = decoded_lost
+    fps = [s["complete_fps"] for s in per_subscriber]
+    out["complete_fps"] = {"min": min(fps), "mean": round(sum(fps) / len(fps), 2)}
+    if joinable:
+        out["glass_to_glass_ms"] = {f"p{q}": percentile(rtp_latencies, q / 100)
+                                    for q in quantiles}
+        out["frames_expected_per_subscriber"] = len(capture_of_ts)
+        out["frames_lost_per_subscriber"] = rtp_lost
+        out["frames_lost"] = sum(rtp_lost)
+        # Where the time goes: capture to the marker packet handed to the
+        # publisher's transport (encode, packetize) and from there to complete.
+        send = [1000 * (m - c) for c, m in zip(sent["capture_s"], sent["marker_sent_s"])
+                if m is not None]
+        out["breakdown_ms"] = {
+            "capture_to_marker_sent": _p50_p99(send),
+            "capture_to_first_packet_in": _p50_p99(first_packet_ms),
+            "marker_sent_to_complete": _p50_p99(sent_to_complete_ms)}
+    else:
+        out["glass_to_glass_ms"] = {f"p{q}": None for q in quantiles}
+        out["frames_expected_per_subscriber"] = len(capture_of_id)
+        out["frames_lost_per_subscriber"] = [decoded_lost]
+        out["frames_lost"] = decoded_lost
+        out["breakdown_ms"] = None
+    out["publisher_frames_not_sent"] = len(capture_of_id) - len(capture_of_ts)
+    if pub.get("unmapped_packets"):
+        point["warnings"].append(
+            f"publisher log: {pub['unmapped_packets']} packets sent with no captured frame: "
+            "the RTP timestamp to frame mapping is off")
     out["forwarding_ms"] = None
     if point["system"] == "goldenhour":
         video = [s for s in point.get("sfu_stats", []) if s.get("kind") == "video"]
@@ -494,12 +594,14 @@ def summarise(point: dict, settings: Settings) -> dict:
             out["forwarding_ms"] = {"p50": fwd["p50"], "p99": fwd["p99"], "n": fwd["n"]}
     out["cpu"] = point["cpu"]
     out["server_cpu_cores"] = point["cpu"]["server_cores"]
+    out["load_generator"] = _generator_cost(point["cpu"], out["subscribers"])
     out["publisher"] = point["publisher"]
     out["late_joiner_first_frame_s"] = point.get("late_joiner_first_frame_s")
+    out["late_joiner_first_decoded_s"] = point.get("late_joiner_first_decoded_s")
     out["stream_age_at_late_join_s"] = point.get("stream_age_at_late_join_s")
     out["subscribers_ready_s"] = point.get("subscribers_ready_s")
     out["server_peak_rss_mb"] = point.get("server_peak_rss_mb")
-    out["window_s"] = round(point["window"]["seconds"], 2)
+    out["window_s"] = round(window_s, 2)
     load_warnings = _load_warnings(out, settings)
     out["warnings"] = list(point["warnings"]) + load_warnings
     #: The machine or the load generator, not the system, set this point's figures.
@@ -507,55 +609,120 @@ def summarise(point: dict, settings: Settings) -> dict:
     return out
 
 
+def _p50_p99(values: list[float]) -> dict:
+    return {"p50": percentile(values, 0.5), "p99": percentile(values, 0.99)}
+
+
+def _generator_cost(cpu: dict, subscribers: int) -> dict:
+    """What the load generator spent, in cores: the publisher, the decoding
+    subscriber, and each RTP-only subscriber on average."""
+    rtp_procs = [c for c in cpu["subscriber_proc_cores"] if c is not None]
+    rtp_only = subscribers - 1
+    return {
+        "publisher_cores": cpu["publisher_cores"],
+        "decoding_subscriber_cores": cpu["decoder_cores"],
+        "rtp_only_subscribers": rtp_only,
+        "rtp_only_cores_each": round(sum(rtp_procs) / rtp_only, 4) if rtp_only and rtp_procs
+        else None,
+        "total_cores": round((cpu["publisher_cores"] or 0) + (cpu["decoder_cores"] or 0)
+                             + sum(rtp_procs), 3),
+    }
+
+
 def _load_warnings(out: dict, settings: Settings) -> list[str]:
     """Say where the machine or the load generator, not the system under test, set a figure.
 
     Only conditions that bias the figures count; others go in the point's notes.
+    A server that itself takes most of the machine is the system's own result,
+    not the load generator's: that goes in the notes.
     """
-    warnings = []
+    notes = out.setdefault("notes", [])
+    warnings: list[str] = []
     cpu = out["cpu"]
-    if cpu["system_busy_cores"] >= SATURATED_BUSY_SHARE * cpu["machine_cores"]:
-        warnings.append(f"machine saturated ({cpu['system_busy_cores']:.2f} of "
-                        f"{cpu['machine_cores']} cores busy): latency, loss and server CPU "
-                        "include contention; the load generator is a bottleneck here")
+    generator = out["load_generator"]["total_cores"]
+    server = cpu["server_cores"] or 0.0
+    saturated = cpu["system_busy_cores"] >= SATURATED_BUSY_SHARE * cpu["machine_cores"]
+    by_server = saturated and server >= generator
+    # When the server saturates the machine, the starved publisher is its doing too.
+    biased = notes if by_server else warnings
+    if saturated:
+        whom = (f"mostly by the server ({server:.2f} cores, the load generator "
+                f"{generator:.2f})" if by_server else
+                f"the load generator uses {generator:.2f}, the server {server:.2f}")
+        biased.append(f"machine saturated ({cpu['system_busy_cores']:.2f} of "
+                      f"{cpu['machine_cores']} cores busy; {whom}): latency, loss and server "
+                      "CPU include contention")
     for k, cores in enumerate(cpu["subscriber_proc_cores"]):
         if cores is not None and cores >= PROCESS_BOUND_CORES:
-            warnings.append(f"subscriber process {k} used {cores:.2f} core: its decoding "
-                            "is core/GIL bound and adds latency of its own")
+            warnings.append(f"RTP-only subscriber process {k} used {cores:.2f} core: it is "
+                            "core/GIL bound and adds latency of its own")
+    if cpu["decoder_cores"] is not None and cpu["decoder_cores"] >= PROCESS_BOUND_CORES:
+        warnings.append(f"decoding subscriber used {cpu['decoder_cores']:.2f} core "
+                        "(decoder bound)")
     if cpu["publisher_cores"] is not None and cpu["publisher_cores"] >= PROCESS_BOUND_CORES:
-        warnings.append(f"publisher used {cpu['publisher_cores']:.2f} core (encoder bound)")
+        # Bound, but a bias only where it shows: as a lower frame rate (below)
+        # or a slower encode than in the direct call (compare()).
+        notes.append(f"publisher used {cpu['publisher_cores']:.2f} core (one libvpx thread: "
+                     "encoder bound)")
     fps = out["publisher"]["fps"]
     if fps < 0.97 * settings.fps:
-        warnings.append(f"publisher produced {fps:.1f} fps, not {settings.fps}")
+        biased.append(f"publisher produced {fps:.1f} fps, not {settings.fps}")
     kbps = out["publisher"]["payload_kbps"]
     if abs(kbps * 1000 - settings.bitrate_bps) > 0.2 * settings.bitrate_bps:
-        warnings.append(f"publisher sent {kbps / 1000:.2f} Mbit/s of payload, "
-                        f"target {settings.bitrate_bps / 1e6:.2f}")
+        biased.append(f"publisher sent {kbps / 1000:.2f} Mbit/s of payload, "
+                      f"target {settings.bitrate_bps / 1e6:.2f}")
     if cpu["other_cores"] >= 0.2:
         # Contention from others biases the point when it is short of CPU.
-        (warnings if warnings else out.setdefault("notes", [])).append(
+        (warnings if warnings else notes).append(
             f"processes not started by this benchmark used {cpu['other_cores']:.2f} cores "
             "during the window")
     if out["frames_unreadable"]:
-        out.setdefault("notes", []).append(
-            f"{out['frames_unreadable']} decoded frames had an unreadable code")
+        notes.append(f"{out['frames_unreadable']} decoded frames had an unreadable code")
+    if out["publisher_frames_not_sent"]:
+        notes.append(f"the publisher's encoder sent {out['publisher_frames_not_sent']} "
+                     "captured frames never (not counted as lost at RTP level)")
+    if not notes:
+        del out["notes"]
     return warnings
 
 
 def compare(rows: list[dict]) -> dict:
-    """Added-over-direct latency and marginal CPU per subscriber, per system."""
+    """Added-over-direct latency and marginal CPU per subscriber, per system.
+
+    Each system is compared on its own g2g basis: network level (RTP) where
+    the publisher's RTP timestamps reach the subscribers, decoded pixels for
+    the relay, against the same basis of the direct call.
+    """
     directs = [r for r in rows if r["system"] == "direct" and "error" not in r]
+
+    def minus(a: dict, b: dict) -> dict:
+        return {q: None if a[q] is None or b[q] is None else a[q] - b[q]
+                for q in ("p50", "p95", "p99")}
+
     for row in rows:
         row["added_over_direct_ms"] = None
+        row["added_over_direct_decoded_ms"] = None
         if not directs or "error" in row or row["system"] == "direct":
             continue
         # The reference measured next to this N, else the nearest one.
         direct = min(directs, key=lambda d: abs(d["n"] - row["n"]))
-        row["added_over_direct_ms"] = {
-            q: (None if row["glass_to_glass_ms"][q] is None
-                or direct["glass_to_glass_ms"][q] is None
-                else row["glass_to_glass_ms"][q] - direct["glass_to_glass_ms"][q])
-            for q in ("p50", "p95", "p99")}
+        key = ("decoded_glass_to_glass_ms" if row["g2g_basis"] == "pixels"
+               else "glass_to_glass_ms")
+        row["added_over_direct_ms"] = minus(row[key], direct[key])
+        row["added_over_direct_decoded_ms"] = minus(row["decoded_glass_to_glass_ms"],
+                                                    direct["decoded_glass_to_glass_ms"])
+        if row["breakdown_ms"] and direct["breakdown_ms"]:
+            # The publisher is the same program in both runs: time its encoder
+            # lost to contention is the load generator's, not the system's.
+            slower = (row["breakdown_ms"]["capture_to_marker_sent"]["p50"]
+                      - direct["breakdown_ms"]["capture_to_marker_sent"]["p50"])
+            row["publisher_slower_than_in_direct_p50_ms"] = round(slower, 2)
+            if slower > PUBLISHER_SLOWER_MS:
+                row["warnings"].append(
+                    f"the publisher took {slower:.1f} ms longer from capture to sending a "
+                    "frame than in the direct call (p50): that much of '+direct' is the "
+                    "load generator's encoder waiting for a core")
+                row["load_bound"] = True
     marginal: dict = {}
     for system in ("goldenhour", "relay"):
         ok = sorted((r for r in rows if r["system"] == system and "error" not in r
@@ -623,7 +790,8 @@ def _label(system: str, n: int) -> str:
 
 def table(rows: list[dict]) -> str:
     header = ["N", "system", "fwd p50/p99 ms", "g2g p50/p95/p99 ms", "+direct p50/p95",
-              "lost", "srv CPU", "+CPU/sub", "late join", "pub fps/Mbps", "CPU gen/other/all"]
+              "lost", "decoded g2g p50/p95 (lost)", "sub fps", "srv CPU", "+CPU/sub",
+              "late join kf/dec", "pub fps/Mbps", "CPU gen/other/all"]
     lines = [header]
     previous_n = None
     for r in rows:
@@ -636,25 +804,32 @@ def table(rows: list[dict]) -> str:
             continue
         fwd = r["forwarding_ms"]
         g = r["glass_to_glass_ms"]
+        d = r["decoded_glass_to_glass_ms"]
         added = r["added_over_direct_ms"]
         marginal = r.get("marginal_cpu_pct_per_subscriber")
-        late = r["late_joiner_first_frame_s"]
+        late, late_dec = r["late_joiner_first_frame_s"], r["late_joiner_first_decoded_s"]
         cpu = r["cpu"]
-        generator = (cpu["publisher_cores"] or 0) + sum(c or 0 for c in
-                                                       cpu["subscriber_proc_cores"])
+        pixels = r["g2g_basis"] == "pixels"
+        dec = " dec" if pixels else ""
+        expected = r["frames_expected_per_subscriber"] * (1 if pixels else r["subscribers"])
         lines.append([
             str(r["n"]), system,
             "n/a" if fwd is None else f"{_ms(fwd['p50'])}/{_ms(fwd['p99'])}",
-            f"{_ms(g['p50'])}/{_ms(g['p95'])}/{_ms(g['p99'])}",
+            "n/a (a)" if pixels else f"{_ms(g['p50'])}/{_ms(g['p95'])}/{_ms(g['p99'])}",
             "ref" if r["system"] == "direct" else
-            ("n/a" if added is None else f"{_ms(added['p50'], True)}/{_ms(added['p95'], True)}"),
-            f"{r['frames_lost']}/{r['frames_expected_per_subscriber'] * r['subscribers']}",
+            ("n/a" if added is None else
+             f"{_ms(added['p50'], True)}/{_ms(added['p95'], True)}{dec}"),
+            f"{r['frames_lost']}/{expected}{dec}",
+            f"{_ms(d['p50'])}/{_ms(d['p95'])} ({r['decoded_frames_lost']})",
+            f"{r['complete_fps']['min']:.1f}",
             "n/a" if r["server_cpu_cores"] is None else f"{100 * r['server_cpu_cores']:.1f}%",
             "-" if marginal is None else f"{marginal:.2f}%",
             "n/a" if r["system"] == "direct" else
-            ("never" if late is None else f"{late:.2f} s"),
+            f"{'never' if late is None else f'{late:.2f}'}/"
+            f"{'never' if late_dec is None else f'{late_dec:.2f}'} s",
             f"{r['publisher']['fps']:.1f}/{r['publisher']['payload_kbps'] / 1000:.2f}",
-            f"{generator:.2f}/{cpu['other_cores']:.2f}/{cpu['system_busy_cores']:.2f}",
+            f"{r['load_generator']['total_cores']:.2f}/{cpu['other_cores']:.2f}/"
+            f"{cpu['system_busy_cores']:.2f}",
         ])
     full = [line for line in lines if len(line) == len(header)]
     widths = [max(len(line[i]) for line in full) for i in range(len(header))]
@@ -677,7 +852,7 @@ GOAL_LABELS = {
     "added_over_direct_p50_ms": ("glass-to-glass added over direct, p50", "ms", "<="),
     "added_over_direct_p95_ms": ("glass-to-glass added over direct, p95", "ms", "<="),
     "forwarding_p99_ms": ("forwarding delay in the SFU, p99", "ms", "<="),
-    "late_joiner_first_frame_s": ("late joiner: join to first frame", "s", "<="),
+    "late_joiner_first_frame_s": ("late joiner: join to first complete keyframe", "s", "<="),
     "frames_lost": ("frames lost (every frame delivered)", "frames", "="),
 }
 
@@ -750,14 +925,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds of streaming before each window (default 3; 1 quick)")
     parser.add_argument("--drain", type=float, default=2.0,
                         help="seconds to wait for the window's last frames; a frame not "
-                             "decoded by then counts as lost")
+                             "complete (decoded, for the decoding subscriber) by then counts "
+                             "as lost")
     parser.add_argument("--bitrate", type=float, default=2.5e6, help="publisher VP8 bit/s")
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--subscriber-procs", type=int, default=None,
-                        help="most subscriber processes, subscribers spread over them "
-                             "(default: as many as cores, at least 4)")
+                        help="most processes for the RTP-only subscribers, spread over them "
+                             "(default 2; each subscriber costs about 2.5%% of a core; the "
+                             "decoding subscriber always has a process of its own)")
     parser.add_argument("--relay-unbuffered", action="store_true",
                         help="baseline with MediaRelay(buffered=False) (drops instead of queues)")
     parser.add_argument("--max-server-rss-mb", type=float, default=4096,
@@ -772,7 +949,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.warmup is None:
         args.warmup = 1.0 if args.quick else 3.0
     if args.subscriber_procs is None:
-        args.subscriber_procs = max(4, psutil.cpu_count() or 1)
+        # Two halve the queueing of one frame's packets behind 15 other
+        # subscribers' (measured at N=16: p50 +3 ms for the last one with one).
+        args.subscriber_procs = 2
     if args.subscribers is None:
         args.subscribers = "1,4" if args.quick else "1,4,16"
     args.n_values = sorted({int(v) for v in args.subscribers.split(",") if v.strip()})
@@ -833,30 +1012,76 @@ async def run(args: argparse.Namespace) -> dict:
 
 
 def _legend(s: dict) -> list[str]:
+    drain = f"{s['drain_s']:g} s"
     terms = [
         ("fwd", "RTP packet in to last copy out inside the SFU (its /api/stats); n/a where "
                 "the server has no such counter."),
-        ("g2g", "decoded at the subscriber minus the capture time painted into the frame, "
-                "pooled over all subscribers; a frame captured in the window and not decoded "
-                f"{s['drain_s']:g} s after it ends counts as lost and ranks last ('lost')."),
+        ("g2g", "network level, per frame: the time its last missing packet arrived at a "
+                "subscriber (the frame complete: every sequence number from its first to its "
+                "marker packet, retransmissions included, nothing decoded) minus its capture "
+                "time at the publisher (same clock), joined on the RTP timestamp, which the "
+                "SFU passes through unchanged; pooled over all N subscribers. A frame "
+                f"captured in the window and not complete {drain} after it ends counts as "
+                "lost and ranks last ('lost')."),
+        ("(a)", "the relay re-encodes, so its RTP timestamps are its own encoders': its "
+                "network-level g2g is not joinable with the publisher's frames. For the relay "
+                "'+direct' and 'lost' are the decoding subscriber's (marked 'dec'), and 'sub "
+                "fps' says how many frames per second its RTP-only subscribers completed."),
         ("+direct", "g2g percentile minus the same percentile of the direct call measured "
                     "next to this N (a difference of percentiles, not a percentile of "
                     "differences)."),
-        ("lost", "frames missing at subscribers / frames expected (all subscribers)."),
+        ("lost", "frames never complete at a subscriber / frames the publisher sent in the "
+                 "window times subscribers."),
+        ("decoded", "sub-00, the one subscriber that decodes (alone in its process): frame "
+                    "decoded and handed to it, read back by its painted frame counter, minus "
+                    "that frame's capture time; includes aiortc's jitter buffer (it releases "
+                    "a frame when the next one starts: about one frame interval) and VP8 "
+                    f"decoding. (lost): frames captured in the window not decoded {drain} "
+                    "after it."),
+        ("sub fps", "the fewest frames per second any subscriber completed in the window "
+                    f"(the publisher sends {s['fps']})."),
         ("srv CPU", "server process CPU seconds per second (100% = one core)."),
         ("+CPU/sub", "server CPU slope from the previous N, per added subscriber."),
         ("late join", "a new subscriber joining after the stream has run "
-                      f"{s['warmup_s'] + s['seconds'] + s['drain_s']:g} s: join to first "
-                      "readable frame."),
+                      f"{s['warmup_s'] + s['seconds'] + s['drain_s']:g} s: join to its first "
+                      "complete keyframe (kf, RTP-only) / first decoded, readable frame (dec)."),
         ("pub", "the publisher's frame rate and VP8 payload bitrate in the window."),
-        ("CPU", "cores used by the load generator (publisher + subscribers) / by processes "
-                "this benchmark did not start / by everything on the machine."),
+        ("CPU", "cores used by the load generator (publisher, decoding subscriber, RTP-only "
+                "subscribers) / by processes this benchmark did not start / by everything on "
+                "the machine."),
     ]
     lines = []
     for term, text in terms:
         lines += textwrap.wrap(text, 100, initial_indent=f"{term:>9}: ",
                                subsequent_indent=" " * 11)
     return lines
+
+
+def _generator_summary(rows: list[dict]) -> list[str]:
+    """One line: what the load generator costs, from the points with a full stream
+    (the relay starves the publisher and sends its subscribers a few frames a second)."""
+    full = [r for r in rows if "error" not in r and r["system"] != "relay"]
+    if not full:
+        return []
+    cost = [r["load_generator"] for r in full]
+    publishers = [c["publisher_cores"] for c in cost if c["publisher_cores"] is not None]
+    decoders = [c["decoding_subscriber_cores"] for c in cost
+                if c["decoding_subscriber_cores"] is not None]
+    each = [c["rtp_only_cores_each"] for c in cost if c["rtp_only_cores_each"] is not None]
+    parts = []
+    if publishers:
+        parts.append(f"publisher {min(publishers):.2f}-{max(publishers):.2f} core")
+    if decoders:
+        parts.append(f"decoding subscriber {min(decoders):.2f}-{max(decoders):.2f}")
+    if each:
+        parts.append(f"RTP-only subscribers {100 * min(each):.1f}-{100 * max(each):.1f}% "
+                     "of a core each on average")
+    fit = slope([(c["rtp_only_subscribers"],
+                  sum(x or 0 for x in r["cpu"]["subscriber_proc_cores"]))
+                 for r, c in zip(full, cost) if c["rtp_only_subscribers"]])
+    if fit is not None:
+        parts.append(f"{100 * fit:.1f}% per added one")
+    return ["Load generator (direct and GoldenHour points): " + ", ".join(parts) + "."]
 
 
 def report(result: dict, settings: dict) -> str:
@@ -870,6 +1095,8 @@ def report(result: dict, settings: dict) -> str:
         table(rows),
         "",
         *_legend(s),
+        "",
+        *_generator_summary(rows),
         "",
         goals_table(result["verdicts"]),
     ]

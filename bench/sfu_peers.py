@@ -1,4 +1,4 @@
-"""Load-generator processes for bench/sfu.py: one publisher, or a group of decoding subscribers.
+"""Load-generator processes for bench/sfu.py: one publisher, or a group of subscribers.
 
 bench/sfu.py starts these; they are not meant to be run by hand. Each reads
 one JSON command per line on stdin and answers each with one line
@@ -7,18 +7,34 @@ go to stderr. Commands are handled one at a time, in order, while the media
 keeps flowing on the same event loop.
 
 The publisher is the simulated headset camera (1280x720, 30 fps, frame
-counter and capture time painted into the pixels) encoded by aiortc's VP8
-encoder at a pinned bitrate. A subscriber decodes every frame (aiortc does,
-in its receiver's decoder thread), reads the painted code and records
-(frame id, capture time, receive time).
+counter and capture time painted into the pixels) encoded live by aiortc's
+VP8 encoder at a pinned bitrate, so that it answers PLIs with keyframes. It
+logs every frame it sends: RTP timestamp, capture time and the time its last
+packet went to the transport.
+
+Subscribers come in two kinds, because decoding 720p VP8 costs 0.2-0.3 core
+each and a 2-core machine cannot decode for 16 of them next to the encoder
+and the server:
+- RTP-only (the default): aiortc_seams.tap_receiver takes the packets out of
+  the receiver before its jitter buffer, so nothing is decoded; aiortc still
+  NACKs gaps and unwraps RTX. Per RTP timestamp we record the first packet's
+  arrival, the marker packet's arrival, and when the frame became complete
+  (every sequence number from its first to its marker packet arrived,
+  retransmissions included). The orchestrator joins that with the publisher's
+  log on RTP timestamp, which the GoldenHour SFU passes through unchanged.
+- decoding (one per point): aiortc decodes as usual and we read the painted
+  frame code of every decoded frame; the same packets are also watched on
+  their way into the jitter buffer, so this subscriber has both figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fractions
 import json
 import logging
+import math
 import sys
 import time
 import urllib.request
@@ -27,16 +43,24 @@ from collections.abc import Awaitable, Callable
 
 import av
 import numpy as np
-from aiortc import (MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpSender,
-                    RTCSessionDescription)
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
-
-from clients.hololens_bridge.simulated import SyntheticCameraTrack
-from clients.sdk import framecode
-from clients.sdk.client import GoldenHourClient
-from server.sfu import aiortc_seams
-
+from aiortc.rtp import RtpPacket
+from receiver_seams import stop_remb, watch_received_rtp
 from vp8_bitrate import pin_vp8_bitrate
+
+from clients.hololens_bridge.simulated import VIDEO_CLOCK_RATE, SyntheticCameraTrack
+from clients.sdk import framecode
+from clients.sdk.client import GoldenHourClient, RemoteTrack
+from server.sfu import aiortc_seams
+from server.sfu.keyframes import vp8_starts_keyframe
 
 log = logging.getLogger("bench.sfu_peers")
 
@@ -100,27 +124,89 @@ def read_code(frame: av.VideoFrame) -> framecode.FrameCode | None:
 
 # --- publisher ----------------------------------------------------------------
 
-class RecordingCamera(SyntheticCameraTrack):
-    """The simulated headset camera, remembering when it captured each frame it gave out."""
+class BenchCamera(SyntheticCameraTrack):
+    """The simulated headset camera, keeping each frame's capture time to the microsecond.
+
+    SyntheticCameraTrack.recv with one change: the capture time it paints
+    (whole ms) is also kept as the float it came from, so that glass-to-glass
+    is not rounded down by up to 1 ms. Keep in step with the original.
+    """
 
     def __init__(self, width: int, height: int, fps: int) -> None:
         super().__init__(width, height, fps)
-        self.frame_ids = array("q")
-        self.capture_ms = array("q")
+        #: frame_id -> time.time() at capture, for every frame given out
+        self.capture_s = array("d")
 
     async def recv(self) -> av.VideoFrame:
-        frame = await super().recv()
-        frame_id, capture_ms, _ = self.captured[frame.pts]
-        self.frame_ids.append(frame_id)
-        self.capture_ms.append(capture_ms)
+        if self._start is None:
+            self._start = time.monotonic()
+        frame_id = self.frame_count
+        delay = self._start + frame_id / self.fps - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.frame_count += 1
+        t = frame_id / self.fps
+        dx = int((0.5 + 0.5 * math.sin(0.7 * t)) * self.width)
+        dy = int((0.5 + 0.5 * math.cos(0.5 * t)) * self.height)
+        luma = self._texture[dy:dy + self.height, dx:dx + self.width].copy()
+        capture_s = time.time()
+        capture_ms = int(capture_s * 1000)
+        framecode.paint(luma, frame_id, capture_ms)
+        u = self._chroma
+        v = np.full_like(u, 128 + int(40 * math.sin(t)))
+        yuv = np.concatenate([luma, u.reshape(-1, self.width), v.reshape(-1, self.width)])
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        pts = frame_id * (VIDEO_CLOCK_RATE // self.fps)
+        frame.pts = pts
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+        self.captured[pts] = (frame_id, capture_ms, t)
+        if len(self.captured) > 300:
+            del self.captured[next(iter(self.captured))]
+        self.capture_s.append(capture_s)
         return frame
+
+
+class SentFrameLog:
+    """Every video frame the publisher sent: RTP timestamp, frame id and when its
+    marker packet was handed to the transport, from aiortc_seams.watch_sent_rtp."""
+
+    def __init__(self, camera: BenchCamera) -> None:
+        self._camera = camera
+        self._origin: int | None = None
+        self.frame_of: dict[int, int] = {}       # RTP timestamp -> frame id
+        self.marker_sent_s: dict[int, float] = {}  # RTP timestamp -> time.time()
+        self.unmapped = 0
+        self.first_frame_id: int | None = None
+
+    def on_packet(self, sequence_number: int, timestamp: int, marker: bool) -> None:
+        if self._origin is None:
+            # The first frame the sender sends is the camera's pts 0 (aiortc
+            # adds a random origin to pts): the same mapping SimulatedCrew uses.
+            self._origin = timestamp
+        if timestamp not in self.frame_of:
+            # PyAV rebases the frame to the encoder's 1/1000000 time base and
+            # aiortc converts back, truncating: 2 frames in 3 at 30 fps go out
+            # one 90 kHz tick early (pts 3000 -> RTP 2999). Round to the frame.
+            ticks = VIDEO_CLOCK_RATE // self._camera.fps
+            frame_index = round(((timestamp - self._origin) & 0xFFFFFFFF) / ticks)
+            captured = self._camera.captured.get(frame_index * ticks)
+            if captured is None:
+                self.unmapped += 1
+                return
+            self.frame_of[timestamp] = captured[0]
+            if self.first_frame_id is None:
+                self.first_frame_id = captured[0]
+        if marker and timestamp not in self.marker_sent_s:
+            # Without RTX a retransmission reuses the SSRC: keep the first send.
+            self.marker_sent_s[timestamp] = time.time()
 
 
 class Publisher:
     """The crew's camera, published to the GoldenHour SFU, the MCU relay, or one direct peer."""
 
     def __init__(self, width: int, height: int, fps: int) -> None:
-        self.camera = RecordingCamera(width, height, fps)
+        self.camera = BenchCamera(width, height, fps)
+        self.sent = SentFrameLog(self.camera)
         self._client: GoldenHourClient | None = None
         self._pc: RTCPeerConnection | None = None
 
@@ -139,6 +225,7 @@ class Publisher:
             pc = self._pc = RTCPeerConnection(rtc_configuration())
             prefer_vp8(pc.addTransceiver(self.camera, direction="sendonly"))
             await pc.setLocalDescription(await pc.createOffer())
+            self._watch_sender()
             return {"sdp": pc.localDescription.sdp}
         if op == "answer":  # direct call, step 2: the peer's answer
             assert self._pc is not None
@@ -147,12 +234,16 @@ class Publisher:
             return {}
         if op == "mark":
             return await self._mark()
-        if op == "captured":
-            t0_ms, t1_ms = cmd["t0_ms"], cmd["t1_ms"]
-            ids = [i for i, t in zip(self.camera.frame_ids, self.camera.capture_ms)
-                   if t0_ms <= t < t1_ms]
-            return {"frame_ids": ids}
+        if op == "log":
+            return self._log(cmd["t0_ms"] / 1000, cmd["t1_ms"] / 1000)
         raise ValueError(f"publisher: no op {op!r}")
+
+    def _watch_sender(self) -> None:
+        """Log sent frames; call once the sender has its transport, before media flows
+        (ICE and DTLS take several round trips after the answer)."""
+        assert self._pc is not None
+        sender = next(t.sender for t in self._pc.getTransceivers() if t.kind == "video")
+        aiortc_seams.watch_sent_rtp(sender, self.sent.on_packet)
 
     async def _start_goldenhour(self, url: str) -> None:
         client = self._client = GoldenHourClient(url, ROOM, "crew", "bench publisher",
@@ -160,11 +251,13 @@ class Publisher:
         await client.connect()
         await client.publish([self.camera], data_channel=False, video_codec="video/VP8")
         self._pc = client.publish_pc
+        self._watch_sender()
 
     async def _start_relay(self, url: str) -> None:
         pc = self._pc = RTCPeerConnection(rtc_configuration())
         prefer_vp8(pc.addTransceiver(self.camera, direction="sendonly"))
         await pc.setLocalDescription(await pc.createOffer())
+        self._watch_sender()
         answer = await post_json(f"{url}/publish", {"sdp": pc.localDescription.sdp,
                                                     "type": "offer"})
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
@@ -187,6 +280,26 @@ class Publisher:
         return {"t_ms": time.time() * 1000, "frames": self.camera.frame_count,
                 "bytes_sent": sent}
 
+    def _log(self, t0_s: float, t1_s: float) -> dict:
+        """Frames captured in [t0, t1): all of them (by frame id) and those sent."""
+        capture_s = self.camera.capture_s
+        captured_ids = [i for i, t in enumerate(capture_s) if t0_s <= t < t1_s]
+        ts, frame_ids, captures, sent = [], [], [], []
+        for timestamp, frame_id in self.sent.frame_of.items():
+            captured = capture_s[frame_id]
+            if t0_s <= captured < t1_s:
+                ts.append(timestamp)
+                frame_ids.append(frame_id)
+                captures.append(round(captured, 6))
+                marker = self.sent.marker_sent_s.get(timestamp)
+                sent.append(None if marker is None else round(marker, 6))
+        return {"captured": {"frame_id": captured_ids,
+                             "capture_s": [round(capture_s[i], 6) for i in captured_ids]},
+                "sent": {"rtp_ts": ts, "frame_id": frame_ids, "capture_s": captures,
+                         "marker_sent_s": sent},
+                "unmapped_packets": self.sent.unmapped,
+                "first_sent_frame_id": self.sent.first_frame_id}
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.close()
@@ -196,110 +309,220 @@ class Publisher:
 
 # --- subscribers ----------------------------------------------------------------
 
+class _Frame:
+    """What one subscriber saw of one RTP timestamp."""
+
+    __slots__ = (
+        "complete_s",
+        "end_seq",
+        "first_s",
+        "keyframe",
+        "marker_s",
+        "seqs",
+        "start_seq",
+    )
+
+    def __init__(self, now_s: float) -> None:
+        self.first_s = now_s
+        self.marker_s: float | None = None
+        self.complete_s: float | None = None
+        self.start_seq: int | None = None
+        self.end_seq: int | None = None
+        self.seqs: set[int] | None = set()
+        self.keyframe = False
+
+
+class RtpFrames:
+    """Frame assembly bookkeeping from RTP packets alone (VP8, RFC 7741): no decoding.
+
+    A frame starts with the packet whose payload descriptor has S=1 and
+    PID=0 and ends with the marker-bit packet; it is complete once every
+    sequence number in between has arrived, in any order.
+    """
+
+    def __init__(self) -> None:
+        self.frames: dict[int, _Frame] = {}
+        self.first_keyframe_s: float | None = None
+        self.first_complete = asyncio.Event()
+        self.packets = 0
+
+    def add(self, packet: RtpPacket) -> None:
+        now_s = time.time()
+        self.packets += 1
+        frame = self.frames.get(packet.timestamp)
+        if frame is None:
+            frame = self.frames[packet.timestamp] = _Frame(now_s)
+        seqs = frame.seqs
+        if seqs is None:  # complete already: a duplicate or late retransmission
+            return
+        seq = packet.sequence_number
+        seqs.add(seq)
+        payload = packet.payload
+        if payload and payload[0] & 0x10 and not payload[0] & 0x07:
+            frame.start_seq = seq
+            frame.keyframe = vp8_starts_keyframe(payload)
+        if packet.marker:
+            frame.end_seq = seq
+            if frame.marker_s is None:
+                frame.marker_s = now_s
+        if (frame.start_seq is not None and frame.end_seq is not None
+                and len(seqs) == ((frame.end_seq - frame.start_seq) & 0xFFFF) + 1):
+            frame.complete_s = now_s
+            frame.seqs = None
+            self.first_complete.set()
+            if frame.keyframe and self.first_keyframe_s is None:
+                self.first_keyframe_s = now_s
+
+    async def on_tapped(self, packet: RtpPacket) -> None:
+        self.add(packet)
+
+    def report(self, since_s: float) -> dict:
+        """Frames whose first packet arrived at or after `since_s`."""
+        ts, first, marker, complete = [], [], [], []
+        for timestamp, frame in self.frames.items():
+            if frame.first_s >= since_s:
+                ts.append(timestamp)
+                first.append(round(frame.first_s, 6))
+                marker.append(None if frame.marker_s is None else round(frame.marker_s, 6))
+                complete.append(None if frame.complete_s is None
+                                else round(frame.complete_s, 6))
+        return {"rtp_ts": ts, "first_s": first, "marker_s": marker, "complete_s": complete,
+                "packets": self.packets}
+
+
 class Subscriber:
-    """One remote expert's decoder: records every frame's id, capture time and latency."""
+    """One remote expert. RTP-only: frame arrivals, nothing decoded. Decoding: also
+    every decoded frame's painted id, and when it was handed to us."""
 
-    def __init__(self, name: str, track: MediaStreamTrack,
-                 close: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, name: str, decode: bool) -> None:
         self.name = name
+        self.decode = decode
+        self.rtp = RtpFrames()
         self.frame_ids = array("q")
-        self.capture_ms = array("q")   # absolute (ms of the Unix epoch)
-        self.latency_ms = array("d")   # receive (decoded, handed to us) minus capture
+        self.painted_ms = array("q")   # capture time painted in the frame (ms, mod 2**32)
+        self.decoded_s = array("d")    # time.time() when the decoded frame reached us
         self.unreadable = 0
+        self.first_decoded_s: float | None = None
         self.first_frame = asyncio.Event()
-        self._track = track
-        self._close = close
-        self._task = asyncio.create_task(self._read())
+        self._close: Callable[[], Awaitable[None]] | None = None
+        self._task: asyncio.Task | None = None
 
-    async def _read(self) -> None:
+    def attach(self, receiver: RTCRtpReceiver) -> None:
+        """Hook the video receiver; call before any media arrives (in `on track`)."""
+        stop_remb(receiver)
+        if self.decode:
+            watch_received_rtp(receiver, self.rtp.add)
+        else:
+            aiortc_seams.tap_receiver(receiver, self.rtp.on_tapped)
+            self._task = asyncio.create_task(self._signal(self.rtp.first_complete))
+
+    def start_reading(self, track: MediaStreamTrack,
+                      close: Callable[[], Awaitable[None]]) -> None:
+        self._close = close
+        if self.decode:
+            self._task = asyncio.create_task(self._read(track))
+
+    async def _signal(self, event: asyncio.Event) -> None:
+        await event.wait()
+        self.first_frame.set()
+
+    async def _read(self, track: MediaStreamTrack) -> None:
         while True:
             try:
-                frame = await self._track.recv()
+                frame = await track.recv()
             except MediaStreamError:
                 return
-            now_ms = time.time() * 1000
+            now_s = time.time()
             code = read_code(frame)
             if code is None:
                 self.unreadable += 1
                 continue
-            # The code carries capture time modulo 2**32 ms (about 50 days).
-            delta = (now_ms % 2**32) - code.capture_ms
-            if delta < -2**31:
-                delta += 2**32
-            elif delta > 2**31:
-                delta -= 2**32
             self.frame_ids.append(code.frame_id)
-            self.capture_ms.append(round(now_ms - delta))
-            self.latency_ms.append(delta)
+            self.painted_ms.append(code.capture_ms)
+            self.decoded_s.append(now_s)
+            if self.first_decoded_s is None:
+                self.first_decoded_s = now_s
             self.first_frame.set()
 
-    def report(self, t0_ms: float, t1_ms: float) -> dict:
-        ids, latencies = [], []
-        for frame_id, captured, latency in zip(self.frame_ids, self.capture_ms,
-                                               self.latency_ms):
-            if t0_ms <= captured < t1_ms:
-                ids.append(frame_id)
-                latencies.append(round(latency, 2))
-        return {"name": self.name, "frame_ids": ids, "latency_ms": latencies,
-                "unreadable": self.unreadable, "frames_total": len(self.frame_ids)}
+    def report(self, since_s: float) -> dict:
+        out = {"name": self.name, "decode": self.decode, "rtp": self.rtp.report(since_s)}
+        if self.decode:
+            keep = [k for k, t in enumerate(self.decoded_s) if t >= since_s]
+            out["decoded"] = {"frame_id": [self.frame_ids[k] for k in keep],
+                              "painted_ms": [self.painted_ms[k] for k in keep],
+                              "decoded_s": [round(self.decoded_s[k], 6) for k in keep],
+                              "unreadable": self.unreadable,
+                              "frames_total": len(self.frame_ids)}
+        return out
 
     async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        await self._close()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._close is not None:
+            await self._close()
 
 
-async def _track_from(pc: RTCPeerConnection) -> asyncio.Future:
-    future: asyncio.Future = asyncio.get_running_loop().create_future()
-
-    @pc.on("track")
-    def on_track(track: MediaStreamTrack) -> None:
-        if track.kind == "video" and not future.done():
-            future.set_result(track)
-    return future
+def _receiver_of(pc: RTCPeerConnection, track: MediaStreamTrack) -> RTCRtpReceiver:
+    return next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
 
 
-async def join_goldenhour(url: str, name: str) -> Subscriber:
+async def join_goldenhour(url: str, name: str, decode: bool) -> Subscriber:
+    subscriber = Subscriber(name, decode)
     client = GoldenHourClient(url, ROOM, "expert", name, ice_servers=[])
+
+    def on_track(remote: RemoteTrack) -> None:
+        # Called while the subscribe offer is applied: before any media.
+        if remote.track.kind == "video":
+            subscriber.attach(remote.receiver)  # type: ignore[arg-type]
+    client.on_track = on_track
     try:
         await client.connect()
         remote = await client.wait_for_track("video", timeout=CONNECT_TIMEOUT_S)
     except BaseException:
         await client.close()
         raise
-    return Subscriber(name, remote.track, client.close)
+    subscriber.start_reading(remote.track, client.close)
+    return subscriber
 
 
-async def join_relay(url: str, name: str) -> Subscriber:
+async def join_relay(url: str, name: str, decode: bool) -> Subscriber:
+    subscriber = Subscriber(name, decode)
     pc = RTCPeerConnection(rtc_configuration())
     try:
-        track = await _track_from(pc)
-        prefer_vp8(pc.addTransceiver("video", direction="recvonly"))
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        prefer_vp8(transceiver)
+        subscriber.attach(transceiver.receiver)
         await pc.setLocalDescription(await pc.createOffer())
         answer = await post_json(f"{url}/subscribe", {"sdp": pc.localDescription.sdp,
                                                       "type": "offer"})
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-        return Subscriber(name, await asyncio.wait_for(track, CONNECT_TIMEOUT_S), pc.close)
+        subscriber.start_reading(transceiver.receiver.track, pc.close)
+        return subscriber
     except BaseException:
         await pc.close()
         raise
 
 
+JOINS = {"goldenhour": join_goldenhour, "relay": join_relay}
+
+
 class SubscriberHost:
-    """Several subscribers in one process (one process per core or so is the point)."""
+    """Several subscribers in one process; the orchestrator puts the decoding one alone."""
 
     def __init__(self) -> None:
         self.subscribers: list[Subscriber] = []
         self._direct_pc: RTCPeerConnection | None = None
-        self._direct_track: asyncio.Future | None = None
+        self._direct: Subscriber | None = None
 
     async def handle(self, cmd: dict) -> dict:
         op = cmd["op"]
         if op == "start":
-            join = join_goldenhour if cmd["system"] == "goldenhour" else join_relay
+            join = JOINS[cmd["system"]]
             started = time.monotonic()
-            joined = await asyncio.gather(*(join(cmd["url"], name) for name in cmd["names"]),
-                                          return_exceptions=True)
+            joined = await asyncio.gather(
+                *(join(cmd["url"], name, cmd["decode"]) for name in cmd["names"]),
+                return_exceptions=True)
             self.subscribers.extend(s for s in joined if isinstance(s, Subscriber))
             errors = [repr(e) for e in joined if not isinstance(e, Subscriber)]
             if errors:
@@ -307,23 +530,23 @@ class SubscriberHost:
             return await self._wait_first_frames(started)
         if op == "answer_direct":  # direct call: answer the publisher's offer
             pc = self._direct_pc = RTCPeerConnection(rtc_configuration())
-            track = await _track_from(pc)
+            subscriber = self._direct = Subscriber(cmd["name"], cmd["decode"])
             await pc.setRemoteDescription(RTCSessionDescription(cmd["sdp"], "offer"))
+            receiver = next(t.receiver for t in pc.getTransceivers() if t.kind == "video")
+            subscriber.attach(receiver)
+            subscriber.start_reading(receiver.track, pc.close)
             await pc.setLocalDescription(await pc.createAnswer())
-            self._direct_track = track
             return {"sdp": pc.localDescription.sdp}
         if op == "wait_direct":
-            started = time.monotonic()
-            assert self._direct_track is not None and self._direct_pc is not None
-            track = await asyncio.wait_for(self._direct_track, CONNECT_TIMEOUT_S)
-            self.subscribers.append(Subscriber(cmd["name"], track, self._direct_pc.close))
-            return await self._wait_first_frames(started)
+            assert self._direct is not None
+            self.subscribers.append(self._direct)
+            return await self._wait_first_frames(time.monotonic())
         if op == "late_join":
             return await self._late_join(cmd["system"], cmd["url"], cmd["name"],
-                                         cmd.get("timeout_s", 10.0))
+                                         cmd["decode"], cmd.get("timeout_s", 10.0))
         if op == "report":
-            return {"subscribers": [s.report(cmd["t0_ms"], cmd["t1_ms"])
-                                    for s in self.subscribers]}
+            since_s = cmd["since_s"]
+            return {"subscribers": [s.report(since_s) for s in self.subscribers]}
         raise ValueError(f"subscribers: no op {op!r}")
 
     async def _wait_first_frames(self, started: float) -> dict:
@@ -332,16 +555,22 @@ class SubscriberHost:
         await asyncio.gather(*waits)
         return {"ready_s": round(time.monotonic() - started, 3)}
 
-    async def _late_join(self, system: str, url: str, name: str, timeout_s: float) -> dict:
-        """Join now (the stream has been running) and time the first readable frame."""
-        join = join_goldenhour if system == "goldenhour" else join_relay
-        started = time.monotonic()
+    async def _late_join(self, system: str, url: str, name: str, decode: bool,
+                         timeout_s: float) -> dict:
+        """Join now (the stream has been running) and time the first complete keyframe
+        (RTP-only) or the first decoded, readable frame (decoding)."""
+        started_s = time.time()
+        deadline = time.monotonic() + timeout_s
         subscriber = None
         try:
-            subscriber = await asyncio.wait_for(join(url, name), timeout_s)
-            remaining = timeout_s - (time.monotonic() - started)
-            await asyncio.wait_for(subscriber.first_frame.wait(), max(0.0, remaining))
-            return {"first_frame_s": round(time.monotonic() - started, 3)}
+            subscriber = await asyncio.wait_for(JOINS[system](url, name, decode), timeout_s)
+            while True:
+                first = subscriber.first_decoded_s if decode else subscriber.rtp.first_keyframe_s
+                if first is not None:
+                    return {"first_frame_s": round(first - started_s, 3)}
+                if time.monotonic() > deadline:
+                    return {"first_frame_s": None, "timeout_s": timeout_s}
+                await asyncio.sleep(0.005)
         except TimeoutError:
             return {"first_frame_s": None, "timeout_s": timeout_s}
         finally:

@@ -1,4 +1,5 @@
-"""Pin aiortc's VP8 encoder to one bitrate: the benchmark's only reliance on aiortc internals.
+"""Pin aiortc's VP8 encoder to one bitrate: the encoders' side of the benchmark's reliance
+on aiortc internals (bench/receiver_seams.py has the receivers').
 
 aiortc 1.16.0 (aiortc/codecs/vpx.py) starts every `Vp8Encoder` at
 `DEFAULT_BITRATE` (500 kbit/s), clamps `target_bitrate` to
