@@ -49,7 +49,8 @@ def _serve(args: argparse.Namespace) -> int:
             ws_scheme = "wss" if config.tls else "ws"
             crew = subprocess.Popen([sys.executable, "-m", "server.cli", "crew", "--simulate",
                                      "--url", f"{ws_scheme}://{config.host}:{config.port}/ws",
-                                     "--room", room, "--insecure"])
+                                     "--room", room, "--insecure"],
+                                    preexec_fn=_die_with_parent)
             print(f"  A simulated crew is streaming into room '{room}'. Open:\n\n"
                   f"      {config.url}/app/viewer.html?room={room}\n", file=sys.stderr)
         if config.tls:
@@ -66,6 +67,17 @@ def _serve(args: argparse.Namespace) -> int:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 crew.wait(5)
     return 0
+
+
+def _die_with_parent() -> None:
+    """In the demo crew's process: be sent SIGTERM when the server process dies.
+
+    uvicorn re-raises the SIGTERM it caught once it has shut down, which ends
+    the server before any `finally` of ours could stop the child.
+    """
+    import ctypes
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _crew(args: argparse.Namespace) -> int:
