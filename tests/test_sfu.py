@@ -120,7 +120,7 @@ async def test_two_rooms_do_not_leak_media_into_each_other(world: World):
 
 
 async def test_poses_arrive_keyed_by_the_rtp_timestamp_of_their_frame(world: World):
-    await world.crew()
+    crew = await world.crew()
     expert = world.client("expert", "doc")
     await expert.connect()
     remote = await expert.wait_for_track("video")
@@ -143,6 +143,9 @@ async def test_poses_arrive_keyed_by_the_rtp_timestamp_of_their_frame(world: Wor
     room = world.server.app.state.registry.get("demo")
     history = room.pose_history(remote.info["producer_id"])
     assert history is not None and history.get(rtp) is not None
+    # Every frame the crew sent has its pose (a few in flight at most).
+    assert crew.poses_sent >= crew.camera.frame_count - 5, (crew.poses_sent,
+                                                            crew.camera.frame_count)
 
 
 def read_code(frame):

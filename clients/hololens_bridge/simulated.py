@@ -170,7 +170,10 @@ class SimulatedCrew:
         if self._origin is None:
             # The first frame sent is pts 0: it is a keyframe, never dropped.
             self._origin = timestamp
-        pts = (timestamp - self._origin) & 0xFFFFFFFF
+        # The encoder's time-base round trip can land a tick early (pts 3000
+        # leaves as 2999): snap to the frame grid before looking the frame up.
+        interval = VIDEO_CLOCK_RATE // self.camera.fps
+        pts = round(((timestamp - self._origin) & 0xFFFFFFFF) / interval) * interval
         captured = self.camera.captured.get(pts)
         channel = self.client.publish_channel
         if captured is None or channel is None or channel.readyState != "open":
