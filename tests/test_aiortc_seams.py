@@ -6,6 +6,7 @@ These break loudly when an aiortc upgrade moves what the SFU relies on.
 from __future__ import annotations
 
 import fractions
+import inspect
 import re
 from pathlib import Path
 
@@ -32,6 +33,10 @@ async def test_receiver_and_sender_still_have_the_private_state_the_seams_use():
     try:
         transceiver = pc.addTransceiver("video", direction="sendrecv")
         receiver, sender = transceiver.receiver, transceiver.sender
+        estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator
+        assert callable(estimator.add)
+        assert list(inspect.signature(estimator.add).parameters) == [
+            "arrival_time_ms", "abs_send_time", "payload_size", "ssrc"]
         for name in ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__timestamp_mapper",
                      "_RTCRtpReceiver__remote_streams", "_RTCRtpReceiver__codecs"):
             assert hasattr(receiver, name), name
@@ -102,3 +107,27 @@ def test_keyframe_detectors_survive_truncated_payloads():
         h264_starts_keyframe(payload)
     with pytest.raises(ValueError, match="no keyframe detector"):
         keyframe_detector("video/AV1")
+
+
+async def test_remb_is_sent_at_most_once_per_interval_while_overused():
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        receiver = pc.addTransceiver("video", direction="recvonly").receiver
+        estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator
+        aiortc_seams.throttle_remb(receiver, min_interval_ms=200)
+        sent = []
+        # 2 s of 250 packets/s whose arrival spacing grows: a queue building up,
+        # which aiortc's detector calls overuse (and would answer per packet).
+        arrival = 0.0
+        for i in range(500):
+            send_time_ms = i * 4
+            arrival += 4 + (0.6 if i > 100 else 0)
+            abs_send_time = int(send_time_ms / 1000 * (1 << 18)) & 0xFFFFFF
+            remb = estimator.add(arrival_time_ms=int(arrival), abs_send_time=abs_send_time,
+                                 payload_size=1200, ssrc=1)
+            if remb is not None:
+                sent.append(int(arrival))
+        assert sent, "no REMB at all: the estimator never produced an estimate"
+        assert all(b - a >= 200 for a, b in zip(sent, sent[1:]))
+    finally:
+        await pc.close()

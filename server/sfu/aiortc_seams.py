@@ -96,6 +96,33 @@ def tap_receiver(receiver: RTCRtpReceiver,
     receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
 
 
+def throttle_remb(receiver: RTCRtpReceiver, min_interval_ms: int = 200) -> None:
+    """Let a video receiver send at most one REMB per `min_interval_ms`.
+
+    aiortc's remote bitrate estimator returns a new estimate for every packet
+    while it judges the link overused, and the receiver sends each one: a
+    REMB (RTCP build, SRTCP, sendto) per packet, on exactly the busy machine
+    that can least afford it. libwebrtc rate-limits the same feedback. The
+    first estimate after the interval is sent, so a falling estimate still
+    reaches the publisher within `min_interval_ms`.
+    """
+    estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+    if estimator is None:
+        return
+    estimate = estimator.add
+    last_sent_ms = [-(1 << 62)]
+
+    def add(arrival_time_ms: int, abs_send_time: int, payload_size: int, ssrc: int):
+        remb = estimate(arrival_time_ms=arrival_time_ms, abs_send_time=abs_send_time,
+                        payload_size=payload_size, ssrc=ssrc)
+        if remb is None or arrival_time_ms - last_sent_ms[0] < min_interval_ms:
+            return None
+        last_sent_ms[0] = arrival_time_ms
+        return remb
+
+    estimator.add = add
+
+
 async def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
     """Send a PLI for `media_ssrc` to the publisher behind `receiver`."""
     await receiver._send_rtcp_pli(media_ssrc)

@@ -57,6 +57,8 @@ class Producer:
         self._closed = False
         self._loop = asyncio.get_event_loop()
         aiortc_seams.tap_receiver(receiver, self._on_packet)
+        if kind == "video":
+            aiortc_seams.throttle_remb(receiver)
 
     @property
     def consumers(self) -> tuple[Consumer, ...]:
