@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import random
 import uuid
+
+import pylibsrtp
 from typing import TYPE_CHECKING
 
 from aiortc import RTCRtpSender
@@ -40,7 +42,8 @@ class Consumer:
         self._injector = RtpInjector(sender, self._on_subscriber_keyframe_request,
                                       on_ready=producer.request_keyframe)
         self._seq_offset = 0
-        self._start_seq = 0
+        self._start_ext = 0
+        self._highest_ext = 0
         self._next_seq = random.randrange(0, 32768)
         self._closed = False
         producer.add_consumer(self)
@@ -69,14 +72,22 @@ class Consumer:
             # Rebase so the subscriber sees contiguous sequence numbers across
             # the packets we never sent it.
             self._seq_offset = (self._next_seq - seq) & 0xFFFF
-            self._start_seq = seq
+            self._start_ext = self._highest_ext = seq
             self.waiting_for_keyframe = False
-        elif (seq - self._start_seq) & 0xFFFF >= 0x8000:
-            return  # a late retransmission from before this consumer started
+        else:
+            # Extend the 16-bit number around the highest one seen, so that
+            # "before this consumer started" stays meaningful across wraps.
+            ext = self._highest_ext + ((seq - self._highest_ext + 0x8000) & 0xFFFF) - 0x8000
+            if ext < self._start_ext:
+                return  # a late retransmission from before this consumer started
+            if ext > self._highest_ext:
+                self._highest_ext = ext
         out_seq = (seq + self._seq_offset) & 0xFFFF
         try:
             await self._injector.send(packet, out_seq, packet.timestamp, abs_send_time)
-        except ConnectionError:
+        except (ConnectionError, pylibsrtp.Error):
+            # Transport gone, or SRTP refused the packet: this subscriber
+            # starts over on a keyframe; the others are not affected.
             self.packets_dropped += 1
             self._restart()
             return

@@ -44,6 +44,7 @@ class Producer:
         self.peer_id = peer_id
         self.media_ssrc: int | None = None
         self.packets_in = 0
+        self.forwarding_errors = 0
         self.keyframe_requests_sent = 0
         #: Event-loop time of the last keyframe request sent upstream.
         self.last_keyframe_request_at = -1e9
@@ -86,7 +87,15 @@ class Producer:
                     is_key = self._is_keyframe_start(packet.payload)
                 if not is_key:
                     continue
-            await consumer.forward(packet, abs_send_time)
+            try:
+                await consumer.forward(packet, abs_send_time)
+            except Exception:
+                # One subscriber's failure must not cost the others this packet.
+                self.forwarding_errors += 1
+                if self.forwarding_errors & (self.forwarding_errors - 1) == 0:  # 1, 2, 4, 8...
+                    log.exception("forwarding to a consumer failed",
+                                  extra={"producer": self.id, "consumer": consumer.id,
+                                         "errors": self.forwarding_errors})
         self.forwarding_delays_s.append(time.perf_counter() - arrived)
 
     def clock(self) -> float:

@@ -1,0 +1,127 @@
+"""A consumer's sequence-number arithmetic, driven directly for many packets.
+
+The end-to-end tests run for seconds; these run a consumer through the 16-bit
+wrap and past 32,768 packets, where a stream of 2.5 Mbit/s arrives after two
+minutes.
+"""
+
+from __future__ import annotations
+
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc.rtp import RtpPacket
+
+from server.sfu.consumer import Consumer
+
+
+class StubProducer:
+    kind = "video"
+
+    def __init__(self) -> None:
+        self.consumers: list = []
+        self.keyframe_requests = 0
+
+    def add_consumer(self, consumer) -> None:
+        self.consumers.append(consumer)
+
+    def remove_consumer(self, consumer) -> None:
+        self.consumers.remove(consumer)
+
+    def request_keyframe(self) -> None:
+        self.keyframe_requests += 1
+
+    def clock(self) -> float:
+        return 0.0
+
+
+class RecordingInjector:
+    """Stands in for RtpInjector: records what would go on the wire."""
+
+    ready = True
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, int]] = []  # (out sequence number, RTP timestamp)
+
+    async def send(self, source, sequence_number, timestamp, abs_send_time) -> None:
+        self.sent.append((sequence_number, timestamp))
+
+
+@pytest.fixture
+async def consumer():
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    sender = pc.addTransceiver("video", direction="sendonly").sender
+    consumer = Consumer(StubProducer(), sender, "subscriber")
+    consumer._injector = RecordingInjector()
+    yield consumer
+    consumer.close()
+    await pc.close()
+
+
+def packet(seq: int) -> RtpPacket:
+    return RtpPacket(sequence_number=seq & 0xFFFF, timestamp=seq * 10 & 0xFFFFFFFF,
+                     payload=b"\x10\x00")
+
+
+async def test_forwards_contiguously_across_the_wrap_and_past_32768_packets(consumer):
+    first = 60000
+    for k in range(100_000):  # wraps at 65536, and runs past 32768 and 65536 packets
+        await consumer.forward(packet(first + k), b"\0\0\0")
+    sent = consumer._injector.sent
+    assert len(sent) == 100_000
+    assert all((b[0] - a[0]) & 0xFFFF == 1 for a, b in zip(sent, sent[1:]))
+    assert [ts for _, ts in sent[:3]] == [packet(first + k).timestamp for k in range(3)]
+
+
+async def test_retransmission_repeats_its_sequence_number_and_older_ones_are_dropped(consumer):
+    start = 65000
+    for k in range(40_000):
+        await consumer.forward(packet(start + k), b"\0\0\0")
+    sent = consumer._injector.sent
+    original = sent[39_990][0]
+    await consumer.forward(packet(start + 39_990), b"\0\0\0")  # a late retransmission
+    assert sent[-1][0] == original
+
+
+
+async def test_retransmission_from_before_the_consumer_started_is_dropped(consumer):
+    start = 65530  # and across the wrap
+    for k in range(100):
+        await consumer.forward(packet(start + k), b"\0\0\0")
+    count = len(consumer._injector.sent)
+    await consumer.forward(packet(start - 5), b"\0\0\0")
+    assert len(consumer._injector.sent) == count
+
+
+async def test_one_failing_consumer_does_not_cost_the_others_the_packet():
+    from server.sfu.producer import Producer
+
+    class Failing:
+        waiting_for_keyframe = False
+        id = "failing"
+
+        async def forward(self, packet, abs_send_time):
+            raise RuntimeError("this subscriber's transport broke in an unexpected way")
+
+    class Healthy:
+        waiting_for_keyframe = False
+        id = "healthy"
+
+        def __init__(self) -> None:
+            self.got: list[int] = []
+
+        async def forward(self, packet, abs_send_time):
+            self.got.append(packet.sequence_number)
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        receiver = pc.addTransceiver("video", direction="recvonly").receiver
+        producer = Producer(receiver, "video", "video/VP8", {}, "crew")
+        healthy = Healthy()
+        producer.add_consumer(Failing())
+        producer.add_consumer(healthy)
+        for seq in range(3):
+            await producer._on_packet(packet(seq))
+        assert healthy.got == [0, 1, 2]
+        assert producer.forwarding_errors == 3
+    finally:
+        await pc.close()
