@@ -163,3 +163,37 @@ async def test_second_join_and_stale_subscribe_answer_are_refused(world: World):
         await expert.request({"type": "ice", "pc": "subscribe", "candidate": "candidate:garbage"})
     assert raised.value.code == "invalid_field"
     assert (await expert.request({"type": "ping"}))["type"] == "pong"
+
+
+async def test_garbage_on_the_crews_data_channel_never_cuts_the_crews_video(world: World):
+    crew = await world.crew()
+    expert = await world.expert("watching")
+    remote = await expert.wait_for_track("video")
+    await read_frame_codes(remote.track, 3)
+    replies = crew.client.publish_replies
+    channel = crew.client.publish_channel
+    channel.send("[" * 60000)  # nested past Python's recursion limit
+    channel.send(json.dumps({"type": "pose", "rtp_timestamp": 1, "frame_id": 10**30,
+                             "T_world_camera": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1],
+                             "intrinsics": {"width": 640, "height": 360, "fx": 500.0,
+                                            "fy": 500.0, "cx": 320.0, "cy": 180.0}}))
+    await crew.client.wait_until(lambda: len(replies) >= 2)
+    assert replies[0]["code"] == "malformed" and "nested" in replies[0]["message"]
+    assert replies[1]["code"] == "invalid_field" and "$.frame_id" in replies[1]["message"]
+    codes = await read_frame_codes(remote.track, 15)
+    assert codes[-1].frame_id > codes[0].frame_id
+
+
+async def test_a_client_that_vanishes_mid_join_leaves_no_ghost(world: World):
+    import websockets
+    watcher = await world.expert("watcher")
+    for _ in range(3):
+        async with websockets.connect(world.server.ws) as ws:
+            await ws.send(json.dumps({"type": "join", "room": "demo", "role": "expert",
+                                      "name": "vanishing"}))
+        # closed at once: the server's `joined` and first offer find no reader
+    await watcher.wait_until(lambda: [e for e, _ in watcher.peer_events].count("left") == 3)
+    assert {p for _, p in watcher.peer_events if _ == "joined"} == \
+        {p for _, p in watcher.peer_events if _ == "left"}
+    room = world.server.app.state.registry.get("demo")
+    assert [p.name for p in room.peers] == ["watcher"]

@@ -95,8 +95,9 @@ async def test_two_crews_in_one_room_are_both_forwarded(world: World):
     codes = await asyncio.gather(read_frame_codes(video_1.track, 10),
                                  read_frame_codes(video_2.track, 10))
     assert all(_advancing(c) for c in codes)
-    # Each crew hears the other crew's microphone.
+    # Each crew hears the other crew's microphone, but is not sent its video.
     await crew_1.client.wait_for_track("audio", peer_id=crew_2.client.state.peer_id)
+    assert not [t for t in crew_1.client.tracks if t.track.kind == "video"]
 
 
 async def test_two_rooms_do_not_leak_media_into_each_other(world: World):

@@ -65,6 +65,8 @@ class GoldenHourClient:
         #: What the server answered on our publish data channel (errors).
         self.publish_replies: list[dict] = []
         self.errors: list[dict] = []
+        #: ("joined" | "left", peer_id) in the order the server announced them.
+        self.peer_events: list[tuple[str, str]] = []
         self.on_track: Callable[[RemoteTrack], None] | None = None
         self.on_data: Callable[[dict], None] | None = None
         self.publish_pc: RTCPeerConnection | None = None
@@ -183,8 +185,10 @@ class GoldenHourClient:
                 await self._answer_subscribe(message)
             elif kind == "peer_joined":
                 self.state.peers[message["peer"]["peer_id"]] = message["peer"]
+                self.peer_events.append(("joined", message["peer"]["peer_id"]))
             elif kind == "peer_left":
                 self.state.peers.pop(message["peer_id"], None)
+                self.peer_events.append(("left", message["peer_id"]))
             elif kind == "error" and future is None:
                 self.errors.append(message)
 

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DATA_CHANNEL_LABEL = "goldenhour"
+#: Stop queueing data-channel messages to a peer that has this much unsent.
+MAX_DATA_BACKLOG_BYTES = 256 * 1024
 
 #: What each role may publish (m-line kinds with a sending direction).
 PUBLISHABLE = {"crew": {"audio", "video"}, "expert": {"audio"}, "observer": set()}
@@ -79,7 +81,8 @@ class Peer:
         self._subscribe_pc = RTCPeerConnection(self._rtc_config)
         self._subscribe_channel: RTCDataChannel = self._subscribe_pc.createDataChannel(
             DATA_CHANNEL_LABEL)
-        self._producers: dict[int, Producer] = {}  # by id() of the publish transceiver
+        self._producers: dict[str, Producer] = {}  # by mid of the publish transceiver
+        self._subscribed: set[str] = set()  # producer ids this peer consumes
         self._pending_producers: list[Producer] = []
         self._tracks: list[m.TrackInfo] = []
         self._transceivers: list[tuple[object, Producer]] = []
@@ -112,7 +115,8 @@ class Peer:
             raise m.ProtocolError(
                 "forbidden", f"role {self.role} may publish {', '.join(sorted(allowed))} only, "
                 f"not {', '.join(sorted(kinds - allowed))}", "publish")
-        if self._publish_pc is None:
+        first_offer = self._publish_pc is None
+        if first_offer:
             self._publish_pc = RTCPeerConnection(self._rtc_config)
             self._publish_pc.on("datachannel", self._on_publish_channel)
         pc = self._publish_pc
@@ -120,15 +124,18 @@ class Peer:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:
-            # The connection may be half-configured: start afresh next time.
-            self._publish_pc = None
-            await pc.close()
+            if first_offer:
+                # Half-configured and carrying nothing yet: start afresh next time.
+                self._publish_pc = None
+                await pc.close()
+            # A rejected re-offer leaves the connection (and what it already
+            # publishes) as it was: aiortc checks an offer before applying it.
             raise m.ProtocolError("invalid_sdp", f"SDP offer rejected: {exc!r}", "publish") from None
         created = []
         for transceiver in pc.getTransceivers():
-            key = id(transceiver)
-            if key in self._producers or transceiver.currentDirection not in ("recvonly",
-                                                                             "sendrecv"):
+            key = transceiver.mid
+            if key is None or key in self._producers or transceiver.currentDirection not in (
+                    "recvonly", "sendrecv"):
                 continue
             codecs = [c for c in aiortc_seams.negotiated_codecs(transceiver) if not is_rtx(c)]
             if not codecs:
@@ -141,19 +148,27 @@ class Peer:
         if created:
             log.info("peer published", extra={"peer": self.id, "room": self.room.name,
                                                "producers": [p.id for p in created]})
-            asyncio.get_event_loop().create_task(self.room.on_new_producers(self, created))
+            self.room.announce_producers(self, created)
         return m.PublishAnswer(sdp=pc.localDescription.sdp,
                                producer_ids=[p.id for p in self._producers.values()])
 
     def _on_publish_channel(self, channel: RTCDataChannel) -> None:
         @channel.on("message")
         def on_message(data: bytes | str) -> None:
+            # An exception escaping this handler would close the crew's whole
+            # transport (aiortc's SCTP code re-raises it): never let one out.
             try:
                 message, binary = m.parse_frame(data, m.DataMessage)
                 self._on_data_message(message)
             except m.ProtocolError as exc:
-                if channel.readyState == "open":
-                    channel.send(m.encode(m.error_for(exc), isinstance(data, bytes)))
+                reply = m.error_for(exc)
+            except Exception as exc:
+                log.exception("error handling a data-channel message", extra={"peer": self.id})
+                reply = m.Error(code="internal", message=f"internal error: {exc!r}")
+            else:
+                return
+            if channel.readyState == "open":
+                channel.send(m.encode(reply, binary=True))
 
     def _on_data_message(self, message: object) -> None:
         if isinstance(message, m.CameraPose):
@@ -175,7 +190,11 @@ class Peer:
         """Add the given producers to this peer's subscribe connection."""
         if self._closed:
             return
-        self._pending_producers.extend(p for p in producers if p.peer_id != self.id)
+        for producer in producers:
+            if producer.peer_id != self.id and not producer.closed \
+                    and producer.id not in self._subscribed:
+                self._subscribed.add(producer.id)
+                self._pending_producers.append(producer)
         await self._negotiate()
 
     async def _negotiate(self) -> None:
@@ -188,6 +207,8 @@ class Peer:
             pc = self._subscribe_pc
             added = []
             for producer in self._pending_producers:
+                if producer.closed:
+                    continue
                 transceiver = pc.addTransceiver(producer.kind, direction="sendonly")
                 transceiver.setCodecPreferences(_codec_capability(
                     producer.kind, producer.mime_type, producer.codec_parameters))
@@ -239,10 +260,12 @@ class Peer:
         parsed.sdpMLineIndex = sdp_mline_index
         await pc.addIceCandidate(parsed)
 
-    def send_data(self, message: m._Message) -> None:
-        """Send a message on this peer's subscribe data channel (msgpack), if open."""
-        if self._subscribe_channel.readyState == "open":
-            self._subscribe_channel.send(m.encode(message, binary=True))
+    def send_data(self, data: bytes) -> None:
+        """Send an encoded (msgpack) message on this peer's subscribe data channel,
+        if open and not backed up: poses are perishable, a stale one is worthless."""
+        channel = self._subscribe_channel
+        if channel.readyState == "open" and channel.bufferedAmount < MAX_DATA_BACKLOG_BYTES:
+            channel.send(data)
 
     def notify(self, message: m._Message) -> None:
         self._notify(message)

@@ -7,6 +7,7 @@ validated messages, the router knows nothing of peers beyond their ids.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -32,6 +33,7 @@ class Room:
         self.router = Router()
         self._peers: dict[str, Peer] = {}
         self._poses: dict[str, PoseHistory] = {}
+        self._tasks: set[asyncio.Task] = set()
 
     @property
     def peers(self) -> tuple[Peer, ...]:
@@ -39,6 +41,13 @@ class Room:
 
     def pose_history(self, producer_id: str) -> PoseHistory | None:
         return self._poses.get(producer_id)
+
+    @staticmethod
+    def _receives(peer: Peer, producer: Producer) -> bool:
+        """What a peer is sent: a crew hears the others but is not sent video
+        (a headset on a mobile uplink has no use for another crew's camera)."""
+        return producer.peer_id != peer.id and not (peer.role == "crew"
+                                                    and producer.kind == "video")
 
     async def join(self, name: str, role: m.Role, config: Config,
                    notify: Callable[[m._Message], None]) -> Peer:
@@ -51,29 +60,45 @@ class Room:
         for other in others:
             other.notify(m.PeerJoined(peer=peer.info))
         log.info("peer joined", extra={"room": self.name, "peer": peer.id, "role": role})
-        await peer.subscribe([p for p in self.router.producers if p.peer_id != peer.id])
+        try:
+            await peer.subscribe([p for p in self.router.producers if self._receives(peer, p)])
+        except BaseException:
+            # Cancelled (the client went away) or failed before the caller
+            # could hold on to the peer: leave now, or it haunts the room.
+            await self.leave(peer)
+            raise
         return peer
 
-    async def on_new_producers(self, source: Peer, producers: list[Producer]) -> None:
+    def announce_producers(self, source: Peer, producers: list[Producer]) -> None:
+        """Offer a peer's new producers to everyone else, in a task the room owns."""
+        task = asyncio.get_event_loop().create_task(self._offer_producers(source, producers))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _offer_producers(self, source: Peer, producers: list[Producer]) -> None:
+        if source.id not in self._peers:
+            return  # it left before we got here
         for producer in producers:
             if producer.kind == "video":
                 self._poses.setdefault(producer.id, PoseHistory())
-        for peer in self.peers:
-            if peer is not source:
-                try:
-                    await peer.subscribe(producers)
-                except Exception:  # one peer's failure must not starve the others
-                    log.exception("subscribe failed", extra={"room": self.name,
-                                                             "peer": peer.id})
+        peers = [p for p in self.peers if p is not source]
+        results = await asyncio.gather(
+            *(p.subscribe([x for x in producers if self._receives(p, x)]) for p in peers),
+            return_exceptions=True)
+        for peer, result in zip(peers, results):
+            if isinstance(result, Exception):  # one peer's failure must not starve the others
+                log.error("subscribe failed", exc_info=result,
+                          extra={"room": self.name, "peer": peer.id})
 
     def on_pose(self, source: Peer, producer: Producer, pose: m.CameraPose) -> None:
         pose.producer_id = producer.id
         pose.peer_id = source.id
         history = self._poses.setdefault(producer.id, PoseHistory())
         history.add(pose)
+        data = m.encode(pose, binary=True)  # once, for every subscriber
         for peer in self._peers.values():
             if peer is not source:
-                peer.send_data(pose)
+                peer.send_data(data)
 
     async def leave(self, peer: Peer) -> None:
         if self._peers.pop(peer.id, None) is None:
@@ -86,6 +111,9 @@ class Room:
         log.info("peer left", extra={"room": self.name, "peer": peer.id})
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for peer in list(self._peers.values()):
             await self.leave(peer)
         self.router.close()

@@ -21,7 +21,6 @@ from typing import Any
 
 import aioice.ice
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender
-from aiortc import clock
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import State as _DtlsState
 from aiortc.rtcrtpreceiver import TimestampMapper
@@ -239,8 +238,10 @@ class RtpInjector:
             self._configure(parameters)
             self._transport = sender.transport
             await original_send(parameters)
-            self._started.set()
-            on_ready()
+            # aiortc calls send() again on every renegotiation: ready once.
+            if not self._started.is_set():
+                self._started.set()
+                on_ready()
 
         async def retransmit(sequence_number: int) -> None:
             data = self._history.get(sequence_number % RTP_HISTORY_SIZE)
@@ -331,13 +332,12 @@ class RtpInjector:
             await self._transport._send_rtp(data)
         self._packets += 1
         self._octets += len(source.payload)
-        sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
         sender._RTCRtpSender__packet_count = self._packets  # type: ignore[attr-defined]
         sender._RTCRtpSender__octet_count = self._octets  # type: ignore[attr-defined]
-        if self._packets & 15 == 1:
-            # The sender report pairs this with the RTP timestamp; refreshing
-            # it every 16 packets keeps it within a frame interval.
-            sender._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore
+        # Sender reports pair these two for lip sync: always set them together.
+        sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
+        sender._RTCRtpSender__ntp_timestamp = int(  # type: ignore[attr-defined]
+            (time.time() + _NTP_EPOCH_OFFSET_S) * (1 << 32))
 
 
 _HEADER = struct.Struct("!BBHLL")

@@ -40,7 +40,7 @@ class Consumer:
         self._hold = HoldTrack(producer.kind)
         sender.replaceTrack(self._hold)
         self._injector = RtpInjector(sender, self._on_subscriber_keyframe_request,
-                                      on_ready=producer.request_keyframe)
+                                      on_ready=self._on_ready)
         self._seq_offset = 0
         self._start_ext = 0
         self._highest_ext = 0
@@ -52,6 +52,10 @@ class Consumer:
     def wants_keyframe(self) -> bool:
         """Waiting for a keyframe on a transport that can carry it."""
         return self.waiting_for_keyframe and self._injector.ready and not self._closed
+
+    def _on_ready(self) -> None:
+        if self.waiting_for_keyframe:
+            self.producer.request_keyframe()
 
     def _on_subscriber_keyframe_request(self) -> None:
         self.keyframe_requests += 1

@@ -56,10 +56,15 @@ class Producer:
         self._deferred: asyncio.TimerHandle | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._closed = False
+        self._requests: set[asyncio.Task] = set()
         self._loop = asyncio.get_event_loop()
         aiortc_seams.tap_receiver(receiver, self._on_packet)
         if kind == "video":
             aiortc_seams.throttle_remb(receiver)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def consumers(self) -> tuple[Consumer, ...]:
@@ -121,7 +126,10 @@ class Producer:
             return
         self.last_keyframe_request_at = self._loop.time()
         self.keyframe_requests_sent += 1
-        self._loop.create_task(aiortc_seams.request_keyframe(self._receiver, self.media_ssrc))
+        task = self._loop.create_task(
+            aiortc_seams.request_keyframe(self._receiver, self.media_ssrc))
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
 
     def _arm_retry(self) -> None:
         if self._retry is None and not self._closed:
@@ -137,6 +145,8 @@ class Producer:
         for handle in (self._deferred, self._retry):
             if handle is not None:
                 handle.cancel()
+        for task in self._requests:
+            task.cancel()
         for consumer in list(self._consumers):
             consumer.close()
         self._consumers.clear()

@@ -174,8 +174,8 @@ class CameraPose(_Message, tag="pose"):
     #: Camera-to-world 4x4, row-major, metres (docs/geometry.md).
     T_world_camera: Annotated[list[float], msgspec.Meta(min_length=16, max_length=16)]
     intrinsics: Intrinsics
-    capture_time_ms: float | None = None
-    frame_id: int | None = None
+    capture_time_ms: Annotated[float, msgspec.Meta(ge=0, le=1e15)] | None = None
+    frame_id: Annotated[int, msgspec.Meta(ge=0, le=2**53)] | None = None
     #: Filled in by the server when it relays the pose to subscribers.
     producer_id: str | None = None
     peer_id: str | None = None
@@ -194,7 +194,10 @@ def _convert(obj: object, union: object) -> object:
     msg_type = obj.get("type")
     if not isinstance(msg_type, str):
         raise ProtocolError("invalid_message", "a message needs a string field `type`")
-    ref_id = obj.get("id") if isinstance(obj.get("id"), int) else None
+    raw_id = obj.get("id")
+    # Echo an id only when it is one (a bool is an int to Python; a huge int
+    # would not even encode).
+    ref_id = raw_id if type(raw_id) is int and 0 <= raw_id <= 2**53 else None
     try:
         return msgspec.convert(obj, union, strict=True)
     except msgspec.ValidationError as exc:
@@ -222,6 +225,8 @@ def parse_frame(frame: bytes | str, union: object) -> tuple[object, bool]:
             obj = msgpack.unpackb(bytes(frame), raw=False, strict_map_key=True)
         else:
             obj = json.loads(frame)
+    except RecursionError:
+        raise ProtocolError("malformed", "malformed message: nested too deeply") from None
     except (ValueError, msgpack.UnpackException, TypeError) as exc:
         kind = "msgpack" if binary else "JSON"
         raise ProtocolError("malformed", f"malformed {kind}: {exc}") from None

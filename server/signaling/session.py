@@ -55,7 +55,11 @@ class SignalingSession:
     async def _write_loop(self) -> None:
         while True:
             message = await self._outbound.get()
-            frame = m.encode(message, self._binary)
+            try:
+                frame = m.encode(message, self._binary)
+            except Exception:
+                log.exception("cannot encode an outbound message; dropped")
+                continue
             if isinstance(frame, bytes):
                 await self._ws.send_bytes(frame)
             else:
