@@ -107,17 +107,20 @@ def _crew(args: argparse.Namespace) -> int:
                                       ssl_context=context)
             crew = SimulatedCrew(client, args.width, args.height, args.fps,
                                  video_codec=args.codec)
+            waits: list[asyncio.Future] = []
             try:
                 await crew.start()
                 log.info("simulated crew streaming", extra={"room": args.room})
                 delay = 0.5
-                closed = asyncio.ensure_future(client.wait_closed())
-                await asyncio.wait({closed, asyncio.ensure_future(stop.wait())},
-                                   return_when=asyncio.FIRST_COMPLETED)
-            except (OSError, asyncio.TimeoutError) as exc:
-                log.warning("cannot reach the server; retrying",
+                waits = [asyncio.ensure_future(client.wait_closed()),
+                         asyncio.ensure_future(stop.wait())]
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            except Exception as exc:  # unreachable, refused, dropped: all mean retry
+                log.warning("lost the server; retrying",
                             extra={"error": repr(exc), "retry_s": delay})
             finally:
+                for waiting in waits:
+                    waiting.cancel()
                 await crew.stop()
             if not stop.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):

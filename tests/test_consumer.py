@@ -125,3 +125,27 @@ async def test_one_failing_consumer_does_not_cost_the_others_the_packet():
         assert producer.forwarding_errors == 3
     finally:
         await pc.close()
+
+
+async def test_a_new_consumer_starts_on_the_first_packet_of_a_keyframe():
+    from server.sfu.producer import Producer
+
+    delta_start, keyframe_start, continuation = b"\x10\x01\x00", b"\x10\x00\x00", b"\x00\x00"
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        receiver = pc.addTransceiver("video", direction="recvonly").receiver
+        producer = Producer(receiver, "video", "video/VP8", {}, "crew")
+        sender = pc.addTransceiver("video", direction="sendonly").sender
+        consumer = Consumer(producer, sender, "subscriber")
+        consumer._injector = RecordingInjector()
+        stream = [delta_start, continuation, continuation, keyframe_start, continuation,
+                  delta_start, continuation]
+        for seq, payload in enumerate(stream):
+            await producer._on_packet(RtpPacket(sequence_number=seq, timestamp=seq // 3,
+                                                payload=payload))
+        sent = consumer._injector.sent
+        assert len(sent) == 4  # from the keyframe's first packet on
+        assert [(b - a) & 0xFFFF for (a, _), (b, _) in zip(sent, sent[1:])] == [1, 1, 1]
+        producer.close()
+    finally:
+        await pc.close()

@@ -197,7 +197,10 @@ class GoldenHourClient:
     async def publish(self, tracks: list[MediaStreamTrack], data_channel: bool = False,
                       video_codec: str | None = None) -> dict:
         """Publish tracks (and open the `goldenhour` data channel); returns the answer."""
-        pc = self.publish_pc = RTCPeerConnection(self._rtc_config)
+        # One publish connection per peer: a second publish renegotiates it.
+        if self.publish_pc is None:
+            self.publish_pc = RTCPeerConnection(self._rtc_config)
+        pc = self.publish_pc
         for track in tracks:
             transceiver = pc.addTransceiver(track, direction="sendonly")
             if track.kind == "video" and video_codec:
@@ -205,7 +208,7 @@ class GoldenHourClient:
                 caps = [c for c in RTCRtpSender.getCapabilities("video").codecs
                         if c.mimeType.lower() in (video_codec.lower(), "video/rtx")]
                 transceiver.setCodecPreferences(caps)
-        if data_channel:
+        if data_channel and self.publish_channel is None:
             channel = self.publish_channel = pc.createDataChannel("goldenhour")
 
             @channel.on("open")

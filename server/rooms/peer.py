@@ -181,7 +181,7 @@ class Peer:
                                       "pose")
             self.room.on_pose(self, producer, message)
         else:
-            raise m.ProtocolError("unexpected", f"{type(message).__name__} is not accepted "
+            raise m.ProtocolError("unknown_type", f"{type(message).__name__} is not accepted "
                                   "on the data channel")
 
     # --- subscribing ----------------------------------------------------------
@@ -252,13 +252,16 @@ class Peer:
             raise m.ProtocolError("no_connection", f"no {pc_name} connection yet", "ice")
         if not candidate:
             return  # end-of-candidates: aiortc needs no signal
+        if sdp_mid is None and sdp_mline_index is None:
+            raise m.ProtocolError("invalid_field", "ice: a candidate needs sdp_mid or "
+                                  "sdp_mline_index", "ice")
         try:
             parsed = candidate_from_sdp(candidate.removeprefix("candidate:"))
+            parsed.sdpMid = sdp_mid
+            parsed.sdpMLineIndex = sdp_mline_index
+            await pc.addIceCandidate(parsed)
         except Exception as exc:
             raise m.ProtocolError("invalid_field", f"ice: bad candidate: {exc!r}", "ice") from None
-        parsed.sdpMid = sdp_mid
-        parsed.sdpMLineIndex = sdp_mline_index
-        await pc.addIceCandidate(parsed)
 
     def send_data(self, data: bytes) -> None:
         """Send an encoded (msgpack) message on this peer's subscribe data channel,
