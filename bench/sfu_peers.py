@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fractions
 import json
 import logging
-import math
 import sys
 import time
 import urllib.request
@@ -127,9 +125,8 @@ def read_code(frame: av.VideoFrame) -> framecode.FrameCode | None:
 class BenchCamera(SyntheticCameraTrack):
     """The simulated headset camera, keeping each frame's capture time to the microsecond.
 
-    SyntheticCameraTrack.recv with one change: the capture time it paints
-    (whole ms) is also kept as the float it came from, so that glass-to-glass
-    is not rounded down by up to 1 ms. Keep in step with the original.
+    The capture time it paints (whole ms) is also kept as the float it came
+    from, so that glass-to-glass is not rounded down by up to 1 ms.
     """
 
     def __init__(self, width: int, height: int, fps: int) -> None:
@@ -137,33 +134,8 @@ class BenchCamera(SyntheticCameraTrack):
         #: frame_id -> time.time() at capture, for every frame given out
         self.capture_s = array("d")
 
-    async def recv(self) -> av.VideoFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        frame_id = self.frame_count
-        delay = self._start + frame_id / self.fps - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        self.frame_count += 1
-        t = frame_id / self.fps
-        dx = int((0.5 + 0.5 * math.sin(0.7 * t)) * self.width)
-        dy = int((0.5 + 0.5 * math.cos(0.5 * t)) * self.height)
-        luma = self._texture[dy:dy + self.height, dx:dx + self.width].copy()
-        capture_s = time.time()
-        capture_ms = int(capture_s * 1000)
-        framecode.paint(luma, frame_id, capture_ms)
-        u = self._chroma
-        v = np.full_like(u, 128 + int(40 * math.sin(t)))
-        yuv = np.concatenate([luma, u.reshape(-1, self.width), v.reshape(-1, self.width)])
-        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-        pts = frame_id * (VIDEO_CLOCK_RATE // self.fps)
-        frame.pts = pts
-        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
-        self.captured[pts] = (frame_id, capture_ms, t)
-        if len(self.captured) > 300:
-            del self.captured[next(iter(self.captured))]
+    def _on_capture(self, frame_id: int, capture_s: float) -> None:
         self.capture_s.append(capture_s)
-        return frame
 
 
 class SentFrameLog:

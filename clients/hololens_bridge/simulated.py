@@ -71,6 +71,10 @@ class SyntheticCameraTrack(MediaStreamTrack):
         #: pts (90 kHz) -> (frame_id, capture_ms, time of capture) of recent frames
         self.captured: dict[int, tuple[int, int, float]] = {}
 
+    def _on_capture(self, frame_id: int, capture_s: float) -> None:
+        """Called with each frame's capture time (Unix seconds) as it is taken;
+        the painted code keeps only whole milliseconds. For subclasses."""
+
     async def recv(self) -> av.VideoFrame:
         if self._start is None:
             self._start = time.monotonic()
@@ -84,7 +88,9 @@ class SyntheticCameraTrack(MediaStreamTrack):
         dx = int((0.5 + 0.5 * math.sin(0.7 * t)) * self.width)
         dy = int((0.5 + 0.5 * math.cos(0.5 * t)) * self.height)
         luma = self._texture[dy:dy + self.height, dx:dx + self.width].copy()
-        capture_ms = int(time.time() * 1000)
+        capture_s = time.time()
+        self._on_capture(frame_id, capture_s)
+        capture_ms = int(capture_s * 1000)
         framecode.paint(luma, frame_id, capture_ms)
         u = self._chroma
         v = np.full_like(u, 128 + int(40 * math.sin(t)))
