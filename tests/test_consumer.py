@@ -39,22 +39,29 @@ class RecordingInjector:
 
     ready = True
 
-    def __init__(self) -> None:
+    def __init__(self, next_seq: int = 1000) -> None:
         self.sent: list[tuple[int, int]] = []  # (out sequence number, RTP timestamp)
+        self.next_seq = next_seq
+        self.attached = False
+
+    def attach(self, on_keyframe_request, on_ready) -> None:
+        self.attached = True
+        on_ready()
+
+    def detach(self) -> None:
+        self.attached = False
 
     async def send(self, source, sequence_number, timestamp, abs_send_time) -> None:
         self.sent.append((sequence_number, timestamp))
+        if (sequence_number - self.next_seq) & 0xFFFF < 0x8000:
+            self.next_seq = (sequence_number + 1) & 0xFFFF
 
 
 @pytest.fixture
-async def consumer():
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    sender = pc.addTransceiver("video", direction="sendonly").sender
-    consumer = Consumer(StubProducer(), sender, "subscriber")
-    consumer._injector = RecordingInjector()
+def consumer():
+    consumer = Consumer(StubProducer(), RecordingInjector(), "subscriber")
     yield consumer
     consumer.close()
-    await pc.close()
 
 
 def packet(seq: int) -> RtpPacket:
@@ -135,9 +142,7 @@ async def test_a_new_consumer_starts_on_the_first_packet_of_a_keyframe():
     try:
         receiver = pc.addTransceiver("video", direction="recvonly").receiver
         producer = Producer(receiver, "video", "video/VP8", {}, "crew")
-        sender = pc.addTransceiver("video", direction="sendonly").sender
-        consumer = Consumer(producer, sender, "subscriber")
-        consumer._injector = RecordingInjector()
+        consumer = Consumer(producer, RecordingInjector(), "subscriber")
         stream = [delta_start, continuation, continuation, keyframe_start, continuation,
                   delta_start, continuation]
         for seq, payload in enumerate(stream):
@@ -149,3 +154,19 @@ async def test_a_new_consumer_starts_on_the_first_packet_of_a_keyframe():
         producer.close()
     finally:
         await pc.close()
+
+
+def test_a_consumer_taking_over_a_transceiver_continues_its_sequence_numbers():
+    injector = RecordingInjector(next_seq=500)
+    first = Consumer(StubProducer(), injector, "subscriber")
+    import asyncio
+
+    async def feed(consumer, start, count):
+        for k in range(count):
+            await consumer.forward(packet(start + k), b"\0\0\0")
+    asyncio.run(feed(first, 40000, 10))
+    first.close()
+    assert not injector.attached
+    second = Consumer(StubProducer(), injector, "subscriber")  # the next crew's camera
+    asyncio.run(feed(second, 7, 10))
+    assert [seq for seq, _ in injector.sent] == list(range(500, 520))

@@ -268,3 +268,24 @@ async def test_h264_is_forwarded_and_the_server_decodes_nothing(world: World):
     # (aiortc would put each decoded frame on this queue; nobody reads it.)
     assert server_receiver.track._queue.qsize() == 0
     assert crew.poses_sent > 0
+
+
+async def test_a_reconnecting_crew_reuses_the_viewers_m_lines(world: World):
+    expert = await world.expert("doc")
+    room = world.server.app.state.registry.get("demo")
+    for attempt in range(3):  # a crew losing its network and coming back
+        started_ms = int(time.time() * 1000) & 0xFFFFFFFF
+        crew = await world.crew(name=f"medic-try{attempt}")
+        crew_id = crew.client.state.peer_id
+        remote = await expert.wait_for_track("video", peer_id=crew_id)
+        codes = await read_frame_codes(remote.track, 12)
+        # Past any frames of the previous crew still queued in the track,
+        # this crew's frames: captured after it started, counter from ~0.
+        fresh = [c for c in codes if c.capture_ms >= started_ms]
+        assert len(fresh) >= 5 and fresh[0].frame_id < 60 and _advancing(fresh)
+        await crew.stop()
+        await expert.wait_until(lambda: ("left", crew_id) in expert.peer_events)
+    # One video and one audio m-line, however often the crew came back.
+    peer = next(p for p in room.peers if p.name == "doc")
+    assert sorted(slot.kind for slot in peer._slots) == ["audio", "video"]
+    assert len(expert.tracks) == 2

@@ -235,6 +235,11 @@ class GoldenHourClient:
     async def _answer_subscribe(self, offer: dict) -> None:
         for info in offer["tracks"]:
             self._track_info[info["mid"]] = info
+        # The server reuses a departed producer's m-line for the next one of
+        # its kind: the same track then carries another peer's media.
+        for remote in self.tracks:
+            if remote.mid in self._track_info:
+                remote.info = self._track_info[remote.mid]
         pc = self._subscribe_pc
         await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
         await pc.setLocalDescription(await pc.createAnswer())

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from aiortc import (RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender,
                     RTCSessionDescription)
@@ -20,6 +21,7 @@ from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import SessionDescription, candidate_from_sdp
 
 from server.sfu import aiortc_seams
+from server.sfu.aiortc_seams import RtpInjector
 from server.sfu.producer import Producer
 from server.signaling import messages as m
 
@@ -64,6 +66,37 @@ def _codec_capability(kind: str, mime_type: str, parameters: dict) -> list:
     return chosen + rtx
 
 
+def _codec_key(producer: Producer) -> tuple:
+    return (producer.mime_type.lower(), tuple(sorted(
+        (k, str(v)) for k, v in producer.codec_parameters.items()
+        if k in ("packetization-mode", "profile-level-id"))))
+
+
+@dataclass
+class _Slot:
+    """One sendonly m-line of a subscribe connection and what it carries now."""
+
+    transceiver: Any
+    injector: RtpInjector
+    kind: str
+    codec: tuple
+    producer: Producer | None = None
+    timestamp_offset: int = 0
+
+
+def _takeover_offset(injector: RtpInjector, producer: Producer) -> int:
+    """The RTP timestamp offset for a producer taking over a transceiver.
+
+    A receiver that saw timestamps jump backwards on the same SSRC would take
+    the new frames for old ones (Chromium drops them): shift the new
+    producer's timestamps to continue a frame interval after the last one
+    sent. A fresh transceiver needs no shift.
+    """
+    if injector.last_timestamp is None or producer.last_timestamp is None:
+        return 0
+    return (injector.last_timestamp + 3000 - producer.last_timestamp) & 0xFFFFFFFF
+
+
 class Peer:
     """A crew member, expert or observer in one room."""
 
@@ -85,7 +118,7 @@ class Peer:
         self._subscribed: set[str] = set()  # producer ids this peer consumes
         self._pending_producers: list[Producer] = []
         self._tracks: list[m.TrackInfo] = []
-        self._transceivers: list[tuple[object, Producer]] = []
+        self._slots: list[_Slot] = []
         self._revision = 0
         self._awaiting_answer = False
         self._renegotiate = False
@@ -209,11 +242,18 @@ class Peer:
             for producer in self._pending_producers:
                 if producer.closed:
                     continue
-                transceiver = pc.addTransceiver(producer.kind, direction="sendonly")
-                transceiver.setCodecPreferences(_codec_capability(
-                    producer.kind, producer.mime_type, producer.codec_parameters))
-                self.room.router.create_consumer(producer, transceiver.sender, self.id)
-                self._transceivers.append((transceiver, producer))
+                slot = self._free_slot(producer)
+                if slot is None:
+                    transceiver = pc.addTransceiver(producer.kind, direction="sendonly")
+                    transceiver.setCodecPreferences(_codec_capability(
+                        producer.kind, producer.mime_type, producer.codec_parameters))
+                    slot = _Slot(transceiver, RtpInjector(transceiver.sender), producer.kind,
+                                 _codec_key(producer))
+                    self._slots.append(slot)
+                slot.producer = producer
+                slot.timestamp_offset = _takeover_offset(slot.injector, producer)
+                self.room.router.create_consumer(producer, slot.injector, self.id,
+                                                 slot.timestamp_offset)
                 added.append(producer)
             self._pending_producers.clear()
             if self._revision > 0 and not added:
@@ -221,11 +261,28 @@ class Peer:
             await pc.setLocalDescription(await pc.createOffer())
             self._revision += 1
             self._awaiting_answer = True
-            tracks = [m.TrackInfo(mid=t.mid, producer_id=p.id, peer_id=p.peer_id, kind=p.kind,
-                                  codec=p.mime_type)
-                      for t, p in self._transceivers if t.mid is not None]
+            tracks = [m.TrackInfo(mid=slot.transceiver.mid, producer_id=p.id, peer_id=p.peer_id,
+                                  kind=p.kind, codec=p.mime_type,
+                                  rtp_timestamp_offset=slot.timestamp_offset)
+                      for slot in self._slots
+                      if (p := slot.producer) is not None and slot.transceiver.mid is not None]
             self._notify(m.SubscribeOffer(sdp=pc.localDescription.sdp, revision=self._revision,
                                           tracks=tracks))
+
+    def _free_slot(self, producer: Producer) -> _Slot | None:
+        """A transceiver whose producer has gone and that carries this codec."""
+        key = _codec_key(producer)
+        return next((slot for slot in self._slots if slot.producer is None
+                     and slot.kind == producer.kind and slot.codec == key), None)
+
+    def release(self, producer_ids: list[str]) -> None:
+        """These producers are gone: their transceivers wait, silent, for the
+        next producer of the same kind and codec (an m-line per reconnect
+        would grow this peer's SDP without bound)."""
+        for slot in self._slots:
+            if slot.producer is not None and slot.producer.id in producer_ids:
+                slot.producer = None
+        self._subscribed.difference_update(producer_ids)
 
     async def apply_subscribe_answer(self, sdp: str, revision: int) -> None:
         async with self._negotiation_lock:
@@ -277,6 +334,8 @@ class Peer:
         if self._closed:
             return
         self._closed = True
+        for slot in self._slots:
+            slot.injector.close()
         for pc in (self._publish_pc, self._subscribe_pc):
             if pc is not None:
                 await pc.close()

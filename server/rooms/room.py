@@ -22,6 +22,10 @@ from server.signaling import messages as m
 
 log = logging.getLogger(__name__)
 
+#: How long new producers may take to deliver their first packet before they
+#: are offered to the room anyway (a publisher's ICE and DTLS come first).
+FIRST_PACKET_WAIT_S = 2.0
+
 
 class Room:
     """One emergency: a crew (or several), the experts guiding them, observers."""
@@ -76,6 +80,13 @@ class Room:
         task.add_done_callback(self._tasks.discard)
 
     async def _offer_producers(self, source: Peer, producers: list[Producer]) -> None:
+        # A producer taking over another's transceiver needs its current RTP
+        # timestamp (peer._takeover_offset): wait briefly for its first packet.
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.flowing.wait() for p in producers)),
+                                   FIRST_PACKET_WAIT_S)
+        except asyncio.TimeoutError:
+            pass
         if source.id not in self._peers:
             return  # it left before we got here
         for producer in producers:
@@ -103,8 +114,11 @@ class Room:
     async def leave(self, peer: Peer) -> None:
         if self._peers.pop(peer.id, None) is None:
             return
-        for producer_id in self.router.close_peer(peer.id):
+        closed = self.router.close_peer(peer.id)
+        for producer_id in closed:
             self._poses.pop(producer_id, None)
+        for other in self._peers.values():
+            other.release(closed)
         await peer.close()
         for other in self._peers.values():
             other.notify(m.PeerLeft(peer_id=peer.id))

@@ -14,6 +14,7 @@ against the installed aiortc, so an upgrade fails there, loudly, first.
 from __future__ import annotations
 
 import asyncio
+import random
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -209,10 +210,15 @@ class RtpInjector:
     kept up to date.
     """
 
-    def __init__(self, sender: RTCRtpSender, on_keyframe_request: Callable[[], None],
-                 on_ready: Callable[[], None]) -> None:
+    def __init__(self, sender: RTCRtpSender) -> None:
         self._sender = sender
         self.payload_type: int | None = None
+        #: The sequence number the next packet should carry, so that the
+        #: subscriber sees one contiguous stream across consumers (a departed
+        #: producer's transceiver is reused for the next one).
+        self.next_seq = random.randrange(0, 32768)
+        #: RTP timestamp of the newest packet sent (None before the first).
+        self.last_timestamp: int | None = None
         self._history: dict[int, bytes] = {}
         self._aiortc_history: dict[int, RtpPacket] = sender._RTCRtpSender__rtp_history  # type: ignore
         self._extensions_map = sender._RTCRtpSender__rtp_header_extensions_map  # type: ignore
@@ -228,9 +234,13 @@ class RtpInjector:
         self._remote_addr: Any = None
         self._packets = 0
         self._octets = 0
+        self._on_keyframe_request: Callable[[], None] = _nothing
+        self._on_ready: Callable[[], None] = _nothing
+        self._hold = HoldTrack(sender.kind)
+        sender.replaceTrack(self._hold)
         # A subscriber's PLI/FIR reaches the sender's `_send_keyframe`, which
         # would only flag its (unused) encoder: route it to the SFU instead.
-        sender._send_keyframe = on_keyframe_request  # type: ignore[method-assign]
+        sender._send_keyframe = lambda: self._on_keyframe_request()  # type: ignore[method-assign]
         original_send = sender.send
         original_retransmit = sender._retransmit
 
@@ -241,7 +251,7 @@ class RtpInjector:
             # aiortc calls send() again on every renegotiation: ready once.
             if not self._started.is_set():
                 self._started.set()
-                on_ready()
+                self._on_ready()
 
         async def retransmit(sequence_number: int) -> None:
             data = self._history.get(sequence_number % RTP_HISTORY_SIZE)
@@ -253,6 +263,23 @@ class RtpInjector:
 
         sender.send = send  # type: ignore[method-assign]
         sender._retransmit = retransmit  # type: ignore[method-assign]
+
+    def attach(self, on_keyframe_request: Callable[[], None],
+               on_ready: Callable[[], None]) -> None:
+        """Give the sender to a (new) consumer: its subscriber's keyframe
+        requests go to `on_keyframe_request`; `on_ready` is called once the
+        transport can carry media (at once, if it already can)."""
+        self._on_keyframe_request = on_keyframe_request
+        self._on_ready = on_ready
+        if self.ready:
+            on_ready()
+
+    def detach(self) -> None:
+        self._on_keyframe_request = self._on_ready = _nothing
+
+    def close(self) -> None:
+        self.detach()
+        self._hold.stop()
 
     def _configure(self, parameters: Any) -> None:
         self.payload_type = parameters.codecs[0].payloadType
@@ -330,6 +357,9 @@ class RtpInjector:
         self._history[sequence_number % RTP_HISTORY_SIZE] = data
         if not self._send_direct(data):
             await self._transport._send_rtp(data)
+        if (sequence_number - self.next_seq) & 0xFFFF < 0x8000:
+            self.next_seq = (sequence_number + 1) & 0xFFFF
+            self.last_timestamp = timestamp
         self._packets += 1
         self._octets += len(source.payload)
         sender._RTCRtpSender__packet_count = self._packets  # type: ignore[attr-defined]
@@ -338,6 +368,10 @@ class RtpInjector:
         sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
         sender._RTCRtpSender__ntp_timestamp = int(  # type: ignore[attr-defined]
             (time.time() + _NTP_EPOCH_OFFSET_S) * (1 << 32))
+
+
+def _nothing() -> None:
+    pass
 
 
 _HEADER = struct.Struct("!BBHLL")

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-import random
 import uuid
-
-import pylibsrtp
 from typing import TYPE_CHECKING
 
-from aiortc import RTCRtpSender
+import pylibsrtp
 from aiortc.rtp import RtpPacket
 
-from server.sfu.aiortc_seams import HoldTrack, RtpInjector
+from server.sfu.aiortc_seams import RtpInjector
 
 if TYPE_CHECKING:
     from server.sfu.producer import Producer
@@ -24,11 +21,13 @@ class Consumer:
     """One subscriber's copy of a producer, with its own SSRC, sequence numbers,
     retransmission history (in the aiortc sender) and keyframe state.
 
-    RTP timestamps pass through unchanged, so poses keyed by the publisher's
-    RTP timestamp match the frames the subscriber sees.
+    RTP timestamps pass through unchanged (or shifted by an announced offset),
+    so poses keyed by the publisher's RTP timestamp match the frames the
+    subscriber sees.
     """
 
-    def __init__(self, producer: Producer, sender: RTCRtpSender, subscriber_id: str) -> None:
+    def __init__(self, producer: Producer, injector: RtpInjector, subscriber_id: str,
+                 timestamp_offset: int = 0) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.producer = producer
         self.subscriber_id = subscriber_id
@@ -37,16 +36,17 @@ class Consumer:
         self.packets_dropped = 0
         self.keyframe_requests = 0
         self.last_keyframe_request_at = -1.0
-        self._hold = HoldTrack(producer.kind)
-        sender.replaceTrack(self._hold)
-        self._injector = RtpInjector(sender, self._on_subscriber_keyframe_request,
-                                      on_ready=self._on_ready)
+        self._injector = injector
+        #: Added to the producer's RTP timestamps: 0 unless this consumer took
+        #: over a transceiver, whose timestamps must then keep moving forward
+        #: (announced to the subscriber as the track's rtp_timestamp_offset).
+        self.timestamp_offset = timestamp_offset
         self._seq_offset = 0
         self._start_ext = 0
         self._highest_ext = 0
-        self._next_seq = random.randrange(0, 32768)
         self._closed = False
         producer.add_consumer(self)
+        injector.attach(self._on_subscriber_keyframe_request, self._on_ready)
 
     @property
     def wants_keyframe(self) -> bool:
@@ -75,7 +75,7 @@ class Consumer:
         if self.waiting_for_keyframe:
             # Rebase so the subscriber sees contiguous sequence numbers across
             # the packets we never sent it.
-            self._seq_offset = (self._next_seq - seq) & 0xFFFF
+            self._seq_offset = (self._injector.next_seq - seq) & 0xFFFF
             self._start_ext = self._highest_ext = seq
             self.waiting_for_keyframe = False
         else:
@@ -88,15 +88,15 @@ class Consumer:
                 self._highest_ext = ext
         out_seq = (seq + self._seq_offset) & 0xFFFF
         try:
-            await self._injector.send(packet, out_seq, packet.timestamp, abs_send_time)
+            await self._injector.send(packet, out_seq,
+                                      (packet.timestamp + self.timestamp_offset) & 0xFFFFFFFF,
+                                      abs_send_time)
         except (ConnectionError, pylibsrtp.Error):
             # Transport gone, or SRTP refused the packet: this subscriber
             # starts over on a keyframe; the others are not affected.
             self.packets_dropped += 1
             self._restart()
             return
-        if (out_seq - self._next_seq) & 0xFFFF < 0x8000:
-            self._next_seq = (out_seq + 1) & 0xFFFF
         self.packets_out += 1
 
     def _restart(self) -> None:
@@ -110,4 +110,4 @@ class Consumer:
             return
         self._closed = True
         self.producer.remove_consumer(self)
-        self._hold.stop()
+        self._injector.detach()

@@ -44,6 +44,10 @@ class Producer:
         self.peer_id = peer_id
         self.media_ssrc: int | None = None
         self.packets_in = 0
+        #: RTP timestamp of the latest packet (None before the first).
+        self.last_timestamp: int | None = None
+        #: Set when the first packet arrives.
+        self.flowing = asyncio.Event()
         self.forwarding_errors = 0
         self.keyframe_requests_sent = 0
         #: Event-loop time of the last keyframe request sent upstream.
@@ -80,7 +84,10 @@ class Producer:
     async def _on_packet(self, packet: RtpPacket) -> None:
         arrived = time.perf_counter()
         self.media_ssrc = packet.ssrc
+        self.last_timestamp = packet.timestamp
         self.packets_in += 1
+        if self.packets_in == 1:
+            self.flowing.set()
         consumers = self._consumers
         if not consumers or self._closed:
             return

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc import RTCRtpReceiver
+
+from server.sfu.aiortc_seams import RtpInjector
 
 from server.sfu.consumer import Consumer
 from server.sfu.producer import Producer
@@ -31,9 +33,9 @@ class Router:
         self._producers[producer.id] = producer
         return producer
 
-    def create_consumer(self, producer: Producer, sender: RTCRtpSender,
-                        subscriber_id: str) -> Consumer:
-        consumer = Consumer(producer, sender, subscriber_id)
+    def create_consumer(self, producer: Producer, injector: RtpInjector,
+                        subscriber_id: str, timestamp_offset: int = 0) -> Consumer:
+        consumer = Consumer(producer, injector, subscriber_id, timestamp_offset)
         self._consumers[consumer.id] = consumer
         return consumer
 

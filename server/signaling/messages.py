@@ -104,8 +104,9 @@ class TrackInfo(msgspec.Struct, kw_only=True):
     peer_id: str
     kind: Literal["audio", "video"]
     codec: str
-    #: Subscribers see the publisher's RTP timestamps plus this offset (always
-    #: 0 today); poses are keyed by the publisher's timestamps.
+    #: Subscribers see the publisher's RTP timestamps plus this offset (mod
+    #: 2**32); poses are keyed by the publisher's timestamps. 0 unless the
+    #: m-line was reused after its previous producer left.
     rtp_timestamp_offset: int = 0
 
 

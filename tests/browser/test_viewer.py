@@ -153,3 +153,22 @@ def test_browser_crew_reaches_aiortc_expert_and_browser_viewer_through_the_sfu(
     assert crew_stats["publishedVideoCodec"] == CODECS[codec]
     for page in (crew_page, viewer):
         assert page.evaluate("() => window.goldenhour.errors") == []
+
+
+def test_viewer_keeps_watching_when_the_crew_reconnects(room, open_page, loop_peers) -> None:
+    """A crew losing its network and coming back: the server hands the same
+    m-line to the new crew's camera (timestamps shifted forward, offset
+    announced), and the page shows the new picture with its poses."""
+    first = loop_peers.crew(room)
+    page = open_page(room, "expert", name="Dr Steady")
+    wait_joined(page)
+    page.wait_for_function("() => (window.goldenhour.lastFrameCode?.frameId ?? 0) >= 30")
+    loop_peers.run(first.stop())
+    second = loop_peers.crew(room)
+    # The new crew's counter starts at 0: a low frame id is the new camera.
+    page.wait_for_function("() => window.goldenhour.lastFrameCode.frameId < 15")
+    matched = page.evaluate("() => window.goldenhour.posesMatched")
+    page.wait_for_function("() => window.goldenhour.lastFrameCode.frameId > 25")
+    page.wait_for_function("(n) => window.goldenhour.posesMatched > n + 5", arg=matched)
+    assert page.evaluate("() => window.goldenhour.poseMismatches.length") == 0
+    assert second.camera.frame_count > 25

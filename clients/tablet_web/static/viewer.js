@@ -261,9 +261,13 @@ async function publishStats() {
 const trackInfo = new Map(); // mid -> the offer's {mid, producer_id, peer_id, kind, codec}
 const remoteTracks = []; // {track, info}
 const poses = new Map(); // RTP timestamp -> pose
+let shownVideo = undefined; // the {track, info} in the <video> element
 
 function showRemoteMedia() {
-  const live = remoteTracks.filter(({ track }) => track.readyState === "live");
+  // A track is shown while the peer it currently carries is in the room: the
+  // server reuses a departed peer's m-line (and so this track) for the next.
+  const live = remoteTracks.filter(({ track, info }) =>
+    track.readyState === "live" && (!info.peer_id || state.peers.has(info.peer_id)));
   const audio = live.filter(({ track }) => track.kind === "audio").map(({ track }) => track);
   if (role === "crew") {
     // The crew's video element previews its own camera; experts are heard only.
@@ -273,6 +277,7 @@ function showRemoteMedia() {
   }
   // One picture: the first crew's camera; every other peer is heard.
   const shown = live.find(({ track }) => track.kind === "video");
+  shownVideo = shown;
   const tracks = shown ? [shown.track, ...audio] : audio;
   const current = video.srcObject?.getTracks() ?? [];
   if (current.length === tracks.length && tracks.every((t) => current.includes(t))) return;
@@ -319,7 +324,10 @@ function poseFor(rtpTimestamp) {
 
 function onFrameCode(code) {
   mark("firstFrameCode");
-  const pose = poseFor(code.rtpTimestamp);
+  // The server may shift a reused m-line's timestamps; poses use the publisher's.
+  const offset = shownVideo?.info.rtp_timestamp_offset ?? 0;
+  const pose = code.rtpTimestamp == null ? undefined
+    : poseFor((code.rtpTimestamp - offset + 2 ** 32) % 2 ** 32);
   const shown = state.lastFrameCode = { ...code, poseFrameId: pose?.frame_id ?? null };
   if (pose?.frame_id === code.frameId) state.posesMatched++;
   else if (pose && state.poseMismatches.length < 20) state.poseMismatches.push(shown);
@@ -364,6 +372,11 @@ function createSubscribeConnection(iceServers) {
 
 async function answerSubscribeOffer(signaling, offer) {
   for (const info of offer.tracks) trackInfo.set(info.mid, info);
+  for (const remote of remoteTracks) {
+    const info = trackInfo.get(remote.info.mid);
+    if (info) remote.info = info;
+  }
+  showRemoteMedia();
   const pc = state.subscribePc;
   mark(`subscribeOffer${offer.revision}`);
   await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
@@ -420,10 +433,8 @@ function onSignalingMessage(signaling, message) {
       state.peers.set(message.peer.peer_id, message.peer);
       break;
     case "peer_left":
+      // Its tracks stay open: the server may hand their m-lines to the next peer.
       state.peers.delete(message.peer_id);
-      for (const { track, info } of remoteTracks) {
-        if (info.peer_id === message.peer_id) track.stop();
-      }
       showRemoteMedia();
       break;
     case "error":
