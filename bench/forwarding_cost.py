@@ -69,7 +69,7 @@ async def measure(packets: int, rounds: int) -> dict:
             mid = sender._RTCRtpSender__mid
             source = RtpPacket(payload_type=96, sequence_number=1, timestamp=1,
                                payload=bytes(PAYLOAD_BYTES))
-            seq = [consumer._next_seq]  # continue the stream the subscriber knows
+            seq = [injector.next_seq]  # continue the stream the subscriber knows
 
             def next_seq() -> int:
                 seq[0] = (seq[0] + 1) & 0xFFFF
