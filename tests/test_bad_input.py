@@ -197,3 +197,29 @@ async def test_a_client_that_vanishes_mid_join_leaves_no_ghost(world: World):
         {p for _, p in watcher.peer_events if _ == "left"}
     room = world.server.app.state.registry.get("demo")
     assert [p.name for p in room.peers] == ["watcher"]
+
+
+async def test_a_pose_flood_is_cut_to_the_rate_limit(world: World):
+    from server.rooms.peer import POSES_PER_S
+    crew = await world.crew(room="bay-flood")
+    expert = await world.expert("flooded", room="bay-flood")
+    await expert.subscribe_channel_open.wait()
+    await crew.client.wait_until(lambda: crew.client.publish_channel.readyState == "open")
+    pose = {"type": "pose", "T_world_camera": [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1],
+            "intrinsics": {"width": 640, "height": 360, "fx": 500.0, "fy": 500.0,
+                           "cx": 320.0, "cy": 180.0}}
+    flood = range(10_000_000, 10_000_000 + 20 * POSES_PER_S)
+    for ts in flood:  # twenty seconds' worth at once
+        crew.client.send_data({**pose, "rtp_timestamp": ts})
+    await crew.client.wait_until(
+        lambda: any(r.get("code") == "rate_limited" for r in crew.client.publish_replies))
+    assert [r["code"] for r in crew.client.publish_replies].count("rate_limited") == 1
+    # The crew's own per-frame poses (the ones with a frame_id) go on being
+    # relayed after the flood.
+    frame_after_flood = crew.camera.frame_count + 5
+    await expert.wait_until(lambda: any(m.get("frame_id", -1) >= frame_after_flood
+                                        for m in expert.data_messages[-5:]))
+    relayed = [m for m in expert.data_messages if "frame_id" not in m]
+    # The burst allowance passes, then the sustained rate while the flood
+    # drains through SCTP (a few seconds here): far from all of it.
+    assert 2 * POSES_PER_S - 10 <= len(relayed) <= 0.6 * len(flood)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,38 @@ log = logging.getLogger(__name__)
 DATA_CHANNEL_LABEL = "goldenhour"
 #: Stop queueing data-channel messages to a peer that has this much unsent.
 MAX_DATA_BACKLOG_BYTES = 256 * 1024
+
+#: Poses a crew may send per second (sustained; twice that in a burst). A
+#: headset sends one per frame, 30 or 60 a second; every pose is relayed to
+#: every other peer, so a flood would stall the room.
+POSES_PER_S = 120
+
+
+class _TokenBucket:
+    """At most `rate` takes a second on average, `burst` at once."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate, self._burst = rate, burst
+        self._tokens = burst
+        self._stamp = time.monotonic()
+        self._refused = False
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self._refused = False
+            return True
+        return False
+
+    def first_refusal(self) -> bool:
+        """True for the first refusal of a run of refusals (say it once)."""
+        first = not self._refused
+        self._refused = True
+        return first
+
 
 #: What each role may publish (m-line kinds with a sending direction).
 PUBLISHABLE = {"crew": {"audio", "video"}, "expert": {"audio"}, "observer": set()}
@@ -123,6 +156,7 @@ class Peer:
         self._awaiting_answer = False
         self._renegotiate = False
         self._negotiation_lock = asyncio.Lock()
+        self._pose_budget = _TokenBucket(POSES_PER_S, 2 * POSES_PER_S)
         self._closed = False
 
     @property
@@ -208,6 +242,12 @@ class Peer:
             if self.role != "crew":
                 raise m.ProtocolError("forbidden", f"role {self.role} may not send poses", "pose")
             m.validate_pose(message)
+            if not self._pose_budget.take():
+                if self._pose_budget.first_refusal():
+                    raise m.ProtocolError(
+                        "rate_limited", f"more than {POSES_PER_S} poses a second: dropping "
+                        "poses until the rate falls", "pose")
+                return
             producer = self.video_producer
             if producer is None:
                 raise m.ProtocolError("no_video", "pose sent before any video was published",
