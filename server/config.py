@@ -40,6 +40,9 @@ class Config:
     #: Outbound signaling messages queued per connection before it is dropped
     #: as too slow to read them.
     max_outbound_queue: int = 256
+    #: Seconds a client has to answer a subscribe offer before its session is
+    #: closed (it would otherwise never receive another track).
+    subscribe_answer_timeout_s: float = 10.0
 
     @property
     def scheme(self) -> str:

@@ -223,3 +223,20 @@ async def test_a_pose_flood_is_cut_to_the_rate_limit(world: World):
     # The burst allowance passes, then the sustained rate while the flood
     # drains through SCTP (a few seconds here): far from all of it.
     assert 2 * POSES_PER_S - 10 <= len(relayed) <= 0.6 * len(flood)
+
+
+async def test_a_client_that_never_answers_its_offer_is_told_and_disconnected():
+    import websockets
+    from tests.conftest import loopback_config, start_server
+    async with start_server(loopback_config(subscribe_answer_timeout_s=0.5)) as server:
+        async with websockets.connect(server.ws) as ws:
+            await ws.send(json.dumps({"type": "join", "room": "demo", "role": "observer",
+                                      "name": "silent"}))
+            received = []
+            with pytest.raises(websockets.ConnectionClosedError):
+                while True:  # until the server closes the connection
+                    received.append(json.loads(await ws.recv()))
+            assert ws.close_code == 1008 and "subscribe_answer" in ws.close_reason
+        assert [r["type"] for r in received] == ["joined", "subscribe_offer", "error"]
+        assert received[-1]["code"] == "answer_timeout"
+        assert server.app.state.registry.get("demo").peers == ()

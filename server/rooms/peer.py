@@ -134,13 +134,16 @@ class Peer:
     """A crew member, expert or observer in one room."""
 
     def __init__(self, room: Room, peer_id: str, name: str, role: m.Role, config: Config,
-                 notify: Callable[[m._Message], None]) -> None:
+                 notify: Callable[[m._Message], None],
+                 disconnect: Callable[[str], None]) -> None:
         self.id = peer_id
         self.name = name
         self.role = role
         self.room = room
         self._config = config
         self._notify = notify
+        self._disconnect = disconnect
+        self._answer_deadline: asyncio.TimerHandle | None = None
         self._rtc_config = RTCConfiguration(
             iceServers=[RTCIceServer(**server) for server in config.ice_servers])
         self._publish_pc: RTCPeerConnection | None = None
@@ -308,6 +311,18 @@ class Peer:
                       if (p := slot.producer) is not None and slot.transceiver.mid is not None]
             self._notify(m.SubscribeOffer(sdp=pc.localDescription.sdp, revision=self._revision,
                                           tracks=tracks))
+            self._answer_deadline = asyncio.get_event_loop().call_later(
+                self._config.subscribe_answer_timeout_s, self._answer_overdue, self._revision)
+
+    def _answer_overdue(self, revision: int) -> None:
+        """A client that does not answer an offer would never get another track:
+        tell it, and end its session so that it can join afresh."""
+        if self._awaiting_answer and revision == self._revision and not self._closed:
+            timeout = self._config.subscribe_answer_timeout_s
+            self._notify(m.Error(code="answer_timeout", ref_type="subscribe_offer",
+                                 message=f"no subscribe_answer for revision {revision} within "
+                                 f"{timeout:g} s; closing this session"))
+            self._disconnect(f"no subscribe_answer within {timeout:g} s")
 
     def _free_slot(self, producer: Producer) -> _Slot | None:
         """A transceiver whose producer has gone and that carries this codec."""
@@ -337,6 +352,8 @@ class Peer:
                 raise m.ProtocolError("invalid_sdp", f"SDP answer rejected: {exc!r}",
                                       "subscribe_answer") from None
             self._awaiting_answer = False
+            if self._answer_deadline is not None:
+                self._answer_deadline.cancel()
             again = self._renegotiate
             self._renegotiate = False
         if again:
@@ -374,6 +391,8 @@ class Peer:
         if self._closed:
             return
         self._closed = True
+        if self._answer_deadline is not None:
+            self._answer_deadline.cancel()
         for slot in self._slots:
             slot.injector.close()
         for pc in (self._publish_pc, self._subscribe_pc):

@@ -54,8 +54,9 @@ class Room:
                                                     and producer.kind == "video")
 
     async def join(self, name: str, role: m.Role, config: Config,
-                   notify: Callable[[m._Message], None]) -> Peer:
-        peer = Peer(self, uuid.uuid4().hex[:12], name, role, config, notify)
+                   notify: Callable[[m._Message], None],
+                   disconnect: Callable[[str], None]) -> Peer:
+        peer = Peer(self, uuid.uuid4().hex[:12], name, role, config, notify, disconnect)
         others = self.peers
         self._peers[peer.id] = peer
         notify(m.Joined(protocol=m.PROTOCOL_VERSION, peer_id=peer.id, room=self.name, role=role,

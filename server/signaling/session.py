@@ -26,31 +26,41 @@ class SignalingSession:
         self._outbound: asyncio.Queue[m._Message] = asyncio.Queue(config.max_outbound_queue)
         self._binary = False
         self._peer: Peer | None = None
-        self._too_slow = asyncio.Event()
+        self._ending = asyncio.Event()
+        self._end_reason = ""
 
     async def run(self) -> None:
         await self._ws.accept()
         writer = asyncio.create_task(self._write_loop())
         reader = asyncio.create_task(self._read_loop())
-        slow = asyncio.create_task(self._too_slow.wait())
+        ending = asyncio.create_task(self._ending.wait())
         try:
-            await asyncio.wait({writer, reader, slow}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({writer, reader, ending}, return_when=asyncio.FIRST_COMPLETED)
+            if self._ending.is_set() and not writer.done():
+                # Let the client read why (the error is queued) before closing.
+                await asyncio.wait({asyncio.create_task(self._outbound.join())}, timeout=1.0)
         finally:
-            for task in (writer, reader, slow):
+            for task in (writer, reader, ending):
                 task.cancel()
-            await asyncio.gather(writer, reader, slow, return_exceptions=True)
+            await asyncio.gather(writer, reader, ending, return_exceptions=True)
             if self._peer is not None:
                 await self._registry.leave(self._peer)
                 self._peer = None
-            if self._too_slow.is_set():
-                await self._ws.close(code=1008, reason="signaling messages not read in time")
+            if self._ending.is_set():
+                await self._ws.close(code=1008, reason=self._end_reason[:120])
+
+    def end(self, reason: str) -> None:
+        """Close this connection (after the messages already queued), for `reason`."""
+        if not self._ending.is_set():
+            log.warning("closing a signaling connection", extra={"reason": reason})
+            self._end_reason = reason
+            self._ending.set()
 
     def send(self, message: m._Message) -> None:
         try:
             self._outbound.put_nowait(message)
         except asyncio.QueueFull:
-            log.warning("signaling client too slow; disconnecting")
-            self._too_slow.set()
+            self.end("signaling messages not read in time")
 
     async def _write_loop(self) -> None:
         while True:
@@ -59,11 +69,13 @@ class SignalingSession:
                 frame = m.encode(message, self._binary)
             except Exception:
                 log.exception("cannot encode an outbound message; dropped")
+                self._outbound.task_done()
                 continue
             if isinstance(frame, bytes):
                 await self._ws.send_bytes(frame)
             else:
                 await self._ws.send_text(frame)
+            self._outbound.task_done()
 
     async def _read_loop(self) -> None:
         while True:
@@ -129,7 +141,7 @@ class SignalingSession:
             exc.ref_id = message.id
             raise
         self._peer = await room.join(message.name, message.role, self._config, self._reply_to(
-            message.id))
+            message.id), self.end)
 
     def _reply_to(self, request_id: int | None):
         """The peer's notify function; the first message (`joined`) carries the join's id."""
