@@ -153,7 +153,6 @@ class Peer:
         self._producers: dict[str, Producer] = {}  # by mid of the publish transceiver
         self._subscribed: set[str] = set()  # producer ids this peer consumes
         self._pending_producers: list[Producer] = []
-        self._tracks: list[m.TrackInfo] = []
         self._slots: list[_Slot] = []
         self._revision = 0
         self._awaiting_answer = False
@@ -165,10 +164,6 @@ class Peer:
     @property
     def info(self) -> m.PeerInfo:
         return m.PeerInfo(peer_id=self.id, name=self.name, role=self.role)
-
-    @property
-    def producers(self) -> list[Producer]:
-        return list(self._producers.values())
 
     @property
     def video_producer(self) -> Producer | None:
