@@ -240,3 +240,19 @@ async def test_a_client_that_never_answers_its_offer_is_told_and_disconnected():
         assert [r["type"] for r in received] == ["joined", "subscribe_offer", "error"]
         assert received[-1]["code"] == "answer_timeout"
         assert server.app.state.registry.get("demo").peers == ()
+
+
+async def test_trickled_candidates_are_capped_per_connection(world: World):
+    from server.rooms.peer import MAX_REMOTE_CANDIDATES
+    expert = await world.expert("chatty")
+    for port in range(MAX_REMOTE_CANDIDATES):  # accepted silently: ice has no reply
+        await expert.send({"type": "ice", "pc": "subscribe", "sdp_mid": "0",
+                           "candidate": f"candidate:1 1 UDP 2122252543 127.0.0.1 "
+                                        f"{40000 + port} typ host"})
+    assert (await expert.request({"type": "ping"}))["type"] == "pong"  # all handled
+    assert not expert.errors
+    with pytest.raises(ServerError) as raised:
+        await expert.request({"type": "ice", "pc": "subscribe", "sdp_mid": "0",
+                              "candidate": "candidate:1 1 UDP 2122252543 127.0.0.1 50000 typ host"})
+    assert raised.value.code == "too_many_candidates"
+    assert (await expert.request({"type": "ping"}))["type"] == "pong"

@@ -68,6 +68,10 @@ class _TokenBucket:
         return first
 
 
+#: Trickled ICE candidates accepted per connection: a browser gathers a
+#: handful; each one costs the server connectivity checks.
+MAX_REMOTE_CANDIDATES = 32
+
 #: What each role may publish (m-line kinds with a sending direction).
 PUBLISHABLE = {"crew": {"audio", "video"}, "expert": {"audio"}, "observer": set()}
 
@@ -159,6 +163,7 @@ class Peer:
         self._renegotiate = False
         self._negotiation_lock = asyncio.Lock()
         self._pose_budget = _TokenBucket(POSES_PER_S, 2 * POSES_PER_S)
+        self._remote_candidates: dict[str, int] = {}
         self._closed = False
 
     @property
@@ -361,6 +366,12 @@ class Peer:
             raise m.ProtocolError("no_connection", f"no {pc_name} connection yet", "ice")
         if not candidate:
             return  # end-of-candidates: aiortc needs no signal
+        count = self._remote_candidates.get(pc_name, 0)
+        if count >= MAX_REMOTE_CANDIDATES:
+            raise m.ProtocolError("too_many_candidates", f"ice: more than "
+                                  f"{MAX_REMOTE_CANDIDATES} candidates for the {pc_name} "
+                                  "connection", "ice")
+        self._remote_candidates[pc_name] = count + 1
         if sdp_mid is None and sdp_mline_index is None:
             raise m.ProtocolError("invalid_field", "ice: a candidate needs sdp_mid or "
                                   "sdp_mline_index", "ice")
