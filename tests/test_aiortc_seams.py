@@ -131,3 +131,14 @@ async def test_remb_is_sent_at_most_once_per_interval_while_overused():
         assert all(b - a >= 200 for a, b in zip(sent, sent[1:]))
     finally:
         await pc.close()
+
+
+def test_the_benchmarks_aiortc_hooks_still_find_their_targets():
+    """bench/vp8_bitrate.py pins aiortc's VP8 bitrate constants; bench/receiver_seams.py
+    silences a receiver's REMB estimator (checked above) and wraps its jitter
+    buffer's add()."""
+    from aiortc.codecs import vpx
+    from aiortc.jitterbuffer import JitterBuffer
+    for name in ("DEFAULT_BITRATE", "MIN_BITRATE", "MAX_BITRATE"):
+        assert isinstance(getattr(vpx, name), int), name
+    assert callable(JitterBuffer.add)
