@@ -289,3 +289,14 @@ async def test_a_reconnecting_crew_reuses_the_viewers_m_lines(world: World):
     peer = next(p for p in room.peers if p.name == "doc")
     assert sorted(slot.kind for slot in peer._slots) == ["audio", "video"]
     assert len(expert.tracks) == 2
+
+
+async def test_an_observer_watches_and_hears_without_publishing(world: World):
+    crew = await world.crew()
+    observer = world.client("observer", "student")
+    await observer.connect()
+    video = await observer.wait_for_track("video", peer_id=crew.client.state.peer_id)
+    await observer.wait_for_track("audio", peer_id=crew.client.state.peer_id)
+    assert _advancing(await read_frame_codes(video.track, 10))
+    room = world.server.app.state.registry.get("demo")
+    assert not [p for p in room.router.producers if p.peer_id == observer.state.peer_id]
