@@ -54,7 +54,7 @@ from aiortc.rtp import RtpPacket
 from receiver_seams import stop_remb, watch_received_rtp
 from vp8_bitrate import pin_vp8_bitrate
 
-from clients.hololens_bridge.simulated import VIDEO_CLOCK_RATE, SyntheticCameraTrack
+from clients.hololens_bridge.simulated import SyntheticCameraTrack
 from clients.sdk import framecode
 from clients.sdk.client import GoldenHourClient, RemoteTrack
 from server.sfu import aiortc_seams
@@ -144,24 +144,14 @@ class SentFrameLog:
 
     def __init__(self, camera: BenchCamera) -> None:
         self._camera = camera
-        self._origin: int | None = None
         self.frame_of: dict[int, int] = {}       # RTP timestamp -> frame id
         self.marker_sent_s: dict[int, float] = {}  # RTP timestamp -> time.time()
         self.unmapped = 0
         self.first_frame_id: int | None = None
 
     def on_packet(self, sequence_number: int, timestamp: int, marker: bool) -> None:
-        if self._origin is None:
-            # The first frame the sender sends is the camera's pts 0 (aiortc
-            # adds a random origin to pts): the same mapping SimulatedCrew uses.
-            self._origin = timestamp
         if timestamp not in self.frame_of:
-            # PyAV rebases the frame to the encoder's 1/1000000 time base and
-            # aiortc converts back, truncating: 2 frames in 3 at 30 fps go out
-            # one 90 kHz tick early (pts 3000 -> RTP 2999). Round to the frame.
-            ticks = VIDEO_CLOCK_RATE // self._camera.fps
-            frame_index = round(((timestamp - self._origin) & 0xFFFFFFFF) / ticks)
-            captured = self._camera.captured.get(frame_index * ticks)
+            captured = self._camera.frame_of_rtp(timestamp)
             if captured is None:
                 self.unmapped += 1
                 return

@@ -119,8 +119,12 @@ async def read_frame_codes(track: object, count: int, timeout: float = 10.0,
     codes = []
     async with asyncio.timeout(timeout):
         while len(codes) < count:
-            frame = await track.recv()  # type: ignore[attr-defined]
-            code = framecode.read(frame.to_ndarray(format="gray"))
-            assert code is not None, "a decoded frame carries no readable frame code"
-            codes.append(code)
+            codes.append(frame_code(await track.recv()))  # type: ignore[attr-defined]
     return codes
+
+
+def frame_code(frame: object) -> framecode.FrameCode:
+    """The code painted into a decoded video frame (which must carry one)."""
+    code = framecode.read(frame.to_ndarray(format="gray"))  # type: ignore[attr-defined]
+    assert code is not None, "a decoded frame carries no readable frame code"
+    return code

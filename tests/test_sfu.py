@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from clients.hololens_bridge.simulated import ToneTrack
-from tests.conftest import World, read_frame_codes
+from tests.conftest import World, frame_code, read_frame_codes
 from server.sfu import aiortc_seams
 from server.sfu.keyframes import vp8_starts_keyframe
 
@@ -144,7 +144,7 @@ async def test_poses_arrive_keyed_by_the_rtp_timestamp_of_their_frame(world: Wor
     async with asyncio.timeout(10):
         while matched < 20:
             frame = await remote.track.recv()
-            code = read_code(frame)
+            code = frame_code(frame)
             rtp = rtp_of_pts.get(frame.pts)
             pose = next((p for p in reversed(expert.data_messages)
                          if p.get("rtp_timestamp") == rtp), None)
@@ -160,13 +160,6 @@ async def test_poses_arrive_keyed_by_the_rtp_timestamp_of_their_frame(world: Wor
     # Every frame the crew sent has its pose (a few in flight at most).
     assert crew.poses_sent >= crew.camera.frame_count - 5, (crew.poses_sent,
                                                             crew.camera.frame_count)
-
-
-def read_code(frame):
-    from clients.sdk import framecode
-    code = framecode.read(frame.to_ndarray(format="gray"))
-    assert code is not None
-    return code
 
 
 async def test_expert_audio_reaches_the_crew_and_the_other_experts(world: World):

@@ -68,8 +68,25 @@ class SyntheticCameraTrack(MediaStreamTrack):
         self._texture = _texture(height * 2, width * 2)
         self._chroma = np.full((height // 2, width // 2), 128, np.uint8)
         self._start: float | None = None
+        self._rtp_origin: int | None = None
         #: pts (90 kHz) -> (frame_id, capture_ms, time of capture) of recent frames
         self.captured: dict[int, tuple[int, int, float]] = {}
+
+    def frame_of_rtp(self, timestamp: int) -> tuple[int, int, float] | None:
+        """The captured frame (frame_id, capture_ms, t) an outgoing RTP timestamp
+        belongs to, or None if it has left the recent history.
+
+        aiortc adds a random origin to each frame's pts, inside its sender; the
+        first timestamp asked about is taken as pts 0 (the first frame sent, a
+        keyframe, is never dropped). The encoder's time-base round trip can
+        send a frame one 90 kHz tick early (pts 3000 leaves as 2999), so the
+        timestamp is snapped to the frame grid.
+        """
+        if self._rtp_origin is None:
+            self._rtp_origin = timestamp
+        interval = VIDEO_CLOCK_RATE // self.fps
+        pts = round(((timestamp - self._rtp_origin) & 0xFFFFFFFF) / interval) * interval
+        return self.captured.get(pts)
 
     def _on_capture(self, frame_id: int, capture_s: float) -> None:
         """Called with each frame's capture time (Unix seconds) as it is taken;
@@ -150,7 +167,6 @@ class SimulatedCrew:
         self.audio = ToneTrack() if audio else None
         self.video_codec = video_codec
         self.poses_sent = 0
-        self._origin: int | None = None
         self._last_timestamp: int | None = None
         #: Tasks draining the tracks we receive (the experts' voices): a
         #: headset would play them; unread, aiortc would queue them forever.
@@ -173,14 +189,7 @@ class SimulatedCrew:
         if timestamp == self._last_timestamp:
             return
         self._last_timestamp = timestamp
-        if self._origin is None:
-            # The first frame sent is pts 0: it is a keyframe, never dropped.
-            self._origin = timestamp
-        # The encoder's time-base round trip can land a tick early (pts 3000
-        # leaves as 2999): snap to the frame grid before looking the frame up.
-        interval = VIDEO_CLOCK_RATE // self.camera.fps
-        pts = round(((timestamp - self._origin) & 0xFFFFFFFF) / interval) * interval
-        captured = self.camera.captured.get(pts)
+        captured = self.camera.frame_of_rtp(timestamp)
         channel = self.client.publish_channel
         if captured is None or channel is None or channel.readyState != "open":
             return
