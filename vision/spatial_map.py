@@ -254,18 +254,29 @@ class SpatialMap:
 class TsdfMapper:
     """Builds a map from depth frames with known poses, for devices that send no mesh.
 
-    Wraps open3d's ScalableTSDFVolume. Depth must be undistorted (pinhole):
-    integration projects voxels with the pinhole model only.
+    Wraps open3d's VoxelBlockGrid (open3d-cpu 0.20's legacy ScalableTSDFVolume
+    extracts an empty mesh from float depth here). Depth must be undistorted
+    (pinhole): integration projects voxels with the pinhole model only.
     """
 
-    def __init__(self, voxel_length_m: float = 0.005, sdf_trunc_m: float = 0.02, max_depth_m: float = 3.0) -> None:
-        if not 0 < voxel_length_m < sdf_trunc_m:
-            raise ValueError("voxel_length_m must be positive and smaller than sdf_trunc_m")
-        self._volume = o3d.pipelines.integration.ScalableTSDFVolume(
-            voxel_length=voxel_length_m,
-            sdf_trunc=sdf_trunc_m,
-            color_type=o3d.pipelines.integration.TSDFVolumeColorType.NoColor,
+    def __init__(
+        self,
+        voxel_length_m: float = 0.005,
+        sdf_trunc_voxels: float = 4.0,
+        max_depth_m: float = 3.0,
+        block_count: int = 40_000,
+    ) -> None:
+        if not voxel_length_m > 0 or not sdf_trunc_voxels >= 1:
+            raise ValueError("voxel_length_m must be positive and sdf_trunc_voxels at least 1")
+        self._grid = o3d.t.geometry.VoxelBlockGrid(
+            attr_names=("tsdf", "weight"),
+            attr_dtypes=(o3d.core.float32, o3d.core.float32),
+            attr_channels=((1), (1)),
+            voxel_size=voxel_length_m,
+            block_resolution=16,
+            block_count=block_count,
         )
+        self._trunc_voxels = sdf_trunc_voxels
         self._max_depth_m = max_depth_m
         self.frames = 0
 
@@ -278,22 +289,26 @@ class TsdfMapper:
             )
         if intrinsics.has_distortion:
             raise ValueError("intrinsics.distortion: undistort depth before TSDF integration")
-        depth = np.where(np.isfinite(depth) & (depth > 0), depth, 0.0).astype(np.float32)
-        pinhole = o3d.camera.PinholeCameraIntrinsic(
-            intrinsics.width, intrinsics.height, intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy
+        depth = np.ascontiguousarray(np.where(np.isfinite(depth) & (depth > 0), depth, 0.0), dtype=np.float32)
+        image = o3d.t.geometry.Image(o3d.core.Tensor(depth))
+        K = o3d.core.Tensor(intrinsics.K, o3d.core.float64)
+        T_camera_world = o3d.core.Tensor(invert_pose(T), o3d.core.float64)
+        blocks = self._grid.compute_unique_block_coordinates(
+            image, K, T_camera_world, 1.0, self._max_depth_m, self._trunc_voxels
         )
-        color = o3d.geometry.Image(np.zeros((*depth.shape, 3), dtype=np.uint8))
-        rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
-            color,
-            o3d.geometry.Image(depth),
-            depth_scale=1.0,
-            depth_trunc=self._max_depth_m,
-            convert_rgb_to_intensity=False,
-        )
-        self._volume.integrate(rgbd, pinhole, invert_pose(T))
+        self._grid.integrate(blocks, image, K, T_camera_world, 1.0, self._max_depth_m, self._trunc_voxels)
         self.frames += 1
 
     def extract_mesh(self) -> tuple[np.ndarray, np.ndarray]:
-        """(vertices_world_m, triangles) of the zero level set."""
-        mesh = self._volume.extract_triangle_mesh()
-        return np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.triangles, dtype=np.int32)
+        """(vertices_world_m, triangles) of the zero level set, from voxels seen by
+        at least min(3, frames) frames."""
+        if self.frames == 0:
+            return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int32)
+        try:
+            mesh = self._grid.extract_triangle_mesh(weight_threshold=float(min(3, self.frames)))
+        except RuntimeError:  # open3d raises on an empty extraction
+            return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int32)
+        return (
+            mesh.vertex.positions.numpy().astype(np.float64),
+            mesh.triangle.indices.numpy().astype(np.int32),
+        )
