@@ -346,7 +346,7 @@ def _forearm_axis(elbow: np.ndarray, wrist: np.ndarray) -> np.ndarray:
 
 def _hand_center(wrist: np.ndarray, elbow: np.ndarray) -> np.ndarray:
     axis = _forearm_axis(elbow, wrist)
-    center = wrist + 0.10 * axis
+    center = wrist + 0.092 * axis
     center[1] = layout.MATTRESS_TOP_Y_M + 0.022
     return center
 

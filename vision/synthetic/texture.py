@@ -232,7 +232,8 @@ def _equipment(p: np.ndarray, pal: Palette) -> np.ndarray:
 
 
 def _skin(p: np.ndarray, pal: Palette) -> np.ndarray:
-    mottle = 0.86 + 0.14 * _waves(p, (0.031, 0.019, 0.007), pal.salt + 13)
+    # Several crossing waves read as blotches; one or two would read as stripes.
+    mottle = 0.86 + 0.14 * _waves(p, (0.037, 0.029, 0.019, 0.013, 0.007), pal.salt + 13)
     colour = mottle[:, None] * pal.skin.astype(np.float32)
     colour[:, 0] += 0.07 * _waves(p, (0.045,), pal.salt + 15)
     return colour
