@@ -334,6 +334,16 @@ def test_random_views_without_a_target_aim_at_points_on_the_patient(scene):
     assert _first_hit_faces_eye(scene, eyes).all()
 
 
+def test_random_views_accept_a_point_and_refuse_an_unknown_landmark(scene):
+    above_chest = scene.landmarks_world_m["sternum"] + (0.0, 0.04, 0.0)  # in the air
+    views = random_views(scene, 6, seed=2, target=above_chest, intrinsics=SMALL_HOLOLENS)
+    for view in views:
+        np.testing.assert_array_equal(view.target_world_m, above_chest)
+        assert 0.4 <= np.linalg.norm(view.T_world_camera[:3, 3] - above_chest) <= 1.2
+    with pytest.raises(ValueError, match="unknown landmark"):
+        random_views(scene, 1, target="left_thumb")
+
+
 def test_random_views_are_deterministic_per_seed(scene):
     a = random_views(scene, 5, seed=11, target="sternum")
     b = random_views(scene, 5, seed=11, target="sternum")

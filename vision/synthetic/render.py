@@ -7,6 +7,7 @@ texture at the hit, Lambert-shaded by a headlight at the camera plus ambient lig
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ class Rendering:
 
 _RAY_CACHE: OrderedDict[Intrinsics, np.ndarray] = OrderedDict()
 _RAY_CACHE_SIZE = 4
+#: Renders may run in executor threads (a simulated headset, a benchmark).
+_RAY_CACHE_LOCK = threading.Lock()
 
 
 def pixel_rays_camera(intrinsics: Intrinsics) -> np.ndarray:
@@ -47,19 +50,21 @@ def _ray_basis(intrinsics: Intrinsics) -> np.ndarray:
     the pose gives open3d's (origin, direction) rays, several times faster than
     assembling them column by column. Cached per camera: undistorting a 1280x720
     grid costs about half a second."""
-    basis = _RAY_CACHE.get(intrinsics)
-    if basis is None:
-        v_px, u_px = np.mgrid[0:intrinsics.height, 0:intrinsics.width]
-        uv_px = np.stack([u_px.ravel(), v_px.ravel()], axis=1).astype(np.float64)
-        basis = np.zeros((len(uv_px), 6), dtype=np.float32)
-        basis[:, 0] = 1.0
-        basis[:, 3:] = camera_rays(norm_from_px(uv_px, intrinsics), intrinsics)
-        basis.setflags(write=False)
+    with _RAY_CACHE_LOCK:
+        basis = _RAY_CACHE.get(intrinsics)
+        if basis is not None:
+            _RAY_CACHE.move_to_end(intrinsics)
+            return basis
+    v_px, u_px = np.mgrid[0:intrinsics.height, 0:intrinsics.width]
+    uv_px = np.stack([u_px.ravel(), v_px.ravel()], axis=1).astype(np.float64)
+    basis = np.zeros((len(uv_px), 6), dtype=np.float32)
+    basis[:, 0] = 1.0
+    basis[:, 3:] = camera_rays(norm_from_px(uv_px, intrinsics), intrinsics)
+    basis.setflags(write=False)
+    with _RAY_CACHE_LOCK:
         _RAY_CACHE[intrinsics] = basis
         while len(_RAY_CACHE) > _RAY_CACHE_SIZE:
             _RAY_CACHE.popitem(last=False)
-    else:
-        _RAY_CACHE.move_to_end(intrinsics)
     return basis
 
 

@@ -10,6 +10,7 @@ combination of the hit triangle's corners.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -49,6 +50,9 @@ LANDMARK_PARTS: Mapping[str, str] = MappingProxyType({
 FOREARM_SEGMENTS: tuple[tuple[str, str], ...] = (
     ("left_elbow", "left_wrist"), ("right_elbow", "right_wrist"),
 )
+
+#: Guards the lazily built members of every scene's cache (renders may run in threads).
+_CACHE_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,8 +97,11 @@ class SyntheticScene:
 
     def is_patient_part(self, part_id: np.ndarray) -> np.ndarray:
         """Elementwise: does a part id (-1 for nothing) belong to the patient?"""
-        lookup = np.zeros(len(self.part_names) + 1, dtype=bool)
-        lookup[self.patient_part_ids] = True
+        lookup = self._cache.get("is_patient")
+        if lookup is None:  # idempotent, so a race only builds it twice
+            lookup = np.zeros(len(self.part_names) + 1, dtype=bool)
+            lookup[self.patient_part_ids] = True
+            self._cache["is_patient"] = lookup
         return lookup[np.asarray(part_id)]  # -1 indexes the trailing False
 
     @property
@@ -122,14 +129,9 @@ class SyntheticScene:
         by area on the patient's triangles whose outward normal has a Y component of
         at least ``min_normal_y`` (0.3: the sides and top a camera above can see)."""
         key = ("patient_surface", min_normal_y)
-        if key not in self._cache:
-            v = self.vertices_world_m
-            tris = self.triangles[self.patient_triangle_mask]
-            cross = np.cross(v[tris[:, 1]] - v[tris[:, 0]], v[tris[:, 2]] - v[tris[:, 0]])
-            area = np.linalg.norm(cross, axis=1)
-            normal = cross / np.maximum(area, 1e-18)[:, None]
-            keep = (normal[:, 1] >= min_normal_y) & (area > 0)
-            self._cache[key] = (tris[keep], normal[keep], area[keep] / area[keep].sum())
+        with _CACHE_LOCK:
+            if key not in self._cache:
+                self._cache[key] = self._patient_surface(min_normal_y)
         tris, normal, probability = self._cache[key]
         pick = rng.choice(len(tris), size=n, p=probability)
         a, b = rng.random((2, n))
@@ -140,6 +142,17 @@ class SyntheticScene:
         points = (v[corners[:, 0]] * (1 - a - b)[:, None] + v[corners[:, 1]] * a[:, None]
                   + v[corners[:, 2]] * b[:, None])
         return points, normal[pick]
+
+    def _patient_surface(self, min_normal_y: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Patient triangles facing at least ``min_normal_y`` up, their unit normals and
+        their areas as probabilities."""
+        v = self.vertices_world_m
+        tris = self.triangles[self.patient_triangle_mask]
+        cross = np.cross(v[tris[:, 1]] - v[tris[:, 0]], v[tris[:, 2]] - v[tris[:, 0]])
+        area = np.linalg.norm(cross, axis=1)
+        normal = cross / np.maximum(area, 1e-18)[:, None]
+        keep = (normal[:, 1] >= min_normal_y) & (area > 0)
+        return tris[keep], normal[keep], area[keep] / area[keep].sum()
 
     # --- appearance -----------------------------------------------------------
 
@@ -180,14 +193,15 @@ class SyntheticScene:
     def raycasting_scene(self) -> o3d.t.geometry.RaycastingScene:
         """An open3d RaycastingScene of the whole mesh, built once and reused. Its
         geometry 0 is this mesh, so hit primitive ids index ``triangles``."""
-        if "raycasting" not in self._cache:
-            raycasting = o3d.t.geometry.RaycastingScene()
-            raycasting.add_triangles(
-                o3d.core.Tensor(self.vertices_world_m.astype(np.float32)),
-                o3d.core.Tensor(self.triangles.astype(np.uint32)),
-            )
-            self._cache["raycasting"] = raycasting
-        return self._cache["raycasting"]
+        with _CACHE_LOCK:
+            if "raycasting" not in self._cache:
+                raycasting = o3d.t.geometry.RaycastingScene()
+                raycasting.add_triangles(
+                    o3d.core.Tensor(self.vertices_world_m.astype(np.float32)),
+                    o3d.core.Tensor(self.triangles.astype(np.uint32)),
+                )
+                self._cache["raycasting"] = raycasting
+            return self._cache["raycasting"]
 
     def is_free_space(self, points_world_m: np.ndarray, clearance_m: float = 0.15) -> np.ndarray:
         """(N,) bool: is there room for a head (a ball of ``clearance_m``) at each point,
