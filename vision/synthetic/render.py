@@ -116,17 +116,8 @@ def render(
     hit_part = part_id[rows]
     curved = np.flatnonzero(scene.is_patient_part(hit_part))
     if len(curved):
-        uv = hits["primitive_uvs"].numpy()[rows][curved]
-        corners = scene.triangles[triangle_id[rows][curved]]
-        n = scene.vertex_normals_world
-        smooth = (
-            (1.0 - uv[:, 0:1] - uv[:, 1:2]) * n[corners[:, 0]]
-            + uv[:, 0:1] * n[corners[:, 1]]
-            + uv[:, 1:2] * n[corners[:, 2]]
-        )
-        smooth /= np.linalg.norm(smooth, axis=1, keepdims=True)
-        normals = normals.copy() if isinstance(rows, slice) else normals
-        normals[curved] = smooth
+        normals[curved] = scene.interpolated_normals(
+            triangle_id[rows][curved], hits["primitive_uvs"].numpy()[rows][curved])
     # Headlight: light arrives along the viewing ray; abs() lights both faces.
     shade = np.abs(np.einsum("ij,ij->i", normals, directions))
     shade *= _HEADLIGHT * 255.0

@@ -51,6 +51,9 @@ FOREARM_SEGMENTS: tuple[tuple[str, str], ...] = (
     ("left_elbow", "left_wrist"), ("right_elbow", "right_wrist"),
 )
 
+#: One float32 (r, g, b) or (x, y, z) row as an opaque item.
+_ROW = np.dtype((np.void, 12))
+
 #: Guards the lazily built members of every scene's cache (renders may run in threads).
 _CACHE_LOCK = threading.RLock()
 
@@ -162,21 +165,30 @@ class SyntheticScene:
         points_world_m = np.asarray(points_world_m)
         material_of_part, materials = self._materials()
         material = material_of_part[part_id]
-        # Group points by material with one radix sort rather than a mask per material.
-        order = np.argsort(material, kind="stable")
-        counts = np.bincount(material, minlength=len(materials))
-        sorted_points = points_world_m[order]
-        sorted_out = np.empty((len(part_id), 3), dtype=np.float32)
-        start = 0
-        for index, count in enumerate(counts):
-            if count:
-                stop = start + count
-                sorted_out[start:stop] = texture.albedo_rgb(
-                    materials[index], sorted_points[start:stop], self.seed)
-                start = stop
-        out = np.empty_like(sorted_out)
-        out[order] = sorted_out
+        out = np.empty((len(part_id), 3), dtype=np.float32)
+        # Rows are moved as 12-byte opaque items: np.take and np.put on those are
+        # several times faster than fancy indexing of (N, 3) rows (measured here).
+        out_rows = out.view(_ROW).reshape(-1)
+        for index in np.flatnonzero(np.bincount(material, minlength=len(materials))):
+            rows = np.flatnonzero(material == index)
+            albedo = texture.albedo_rgb(
+                materials[index], np.take(points_world_m, rows, axis=0), self.seed)
+            np.put(out_rows, rows, np.ascontiguousarray(albedo).view(_ROW).reshape(-1))
         return out
+
+    def interpolated_normals(self, triangle_id: np.ndarray, uv: np.ndarray) -> np.ndarray:
+        """(N, 3) float32 unit normals interpolated from the vertex normals at points
+        given by triangle and barycentric (u, v) (open3d's primitive_uvs: the point is
+        (1 - u - v) * corner0 + u * corner1 + v * corner2)."""
+        corners = self._cache.get("corner_normals")
+        if corners is None:  # idempotent, so a race only builds it twice
+            n = self.vertex_normals_world[self.triangles]
+            corners = np.concatenate([n[:, 0], n[:, 1] - n[:, 0], n[:, 2] - n[:, 0]], axis=1)
+            self._cache["corner_normals"] = corners
+        rows = np.take(corners, triangle_id, axis=0)
+        normals = rows[:, 0:3] + rows[:, 3:6] * uv[:, 0:1] + rows[:, 6:9] * uv[:, 1:2]
+        normals *= (1.0 / np.sqrt(np.einsum("ij,ij->i", normals, normals)))[:, None]
+        return normals
 
     def _materials(self) -> tuple[np.ndarray, tuple[str, ...]]:
         if "materials" not in self._cache:
