@@ -161,20 +161,8 @@ class SyntheticScene:
 
     def albedo_rgb(self, part_id: np.ndarray, points_world_m: np.ndarray) -> np.ndarray:
         """(N, 3) float32 surface colour in [0, 1] of each point on the given part."""
-        part_id = np.asarray(part_id)
-        points_world_m = np.asarray(points_world_m)
         material_of_part, materials = self._materials()
-        material = material_of_part[part_id]
-        out = np.empty((len(part_id), 3), dtype=np.float32)
-        # Rows are moved as 12-byte opaque items: np.take and np.put on those are
-        # several times faster than fancy indexing of (N, 3) rows (measured here).
-        out_rows = out.view(_ROW).reshape(-1)
-        for index in np.flatnonzero(np.bincount(material, minlength=len(materials))):
-            rows = np.flatnonzero(material == index)
-            albedo = texture.albedo_rgb(
-                materials[index], np.take(points_world_m, rows, axis=0), self.seed)
-            np.put(out_rows, rows, np.ascontiguousarray(albedo).view(_ROW).reshape(-1))
-        return out
+        return _albedo_rgb(material_of_part, materials, self.seed, part_id, points_world_m)
 
     def interpolated_normals(self, triangle_id: np.ndarray, uv: np.ndarray) -> np.ndarray:
         """(N, 3) float32 unit normals interpolated from the vertex normals at points
@@ -191,13 +179,8 @@ class SyntheticScene:
         return normals
 
     def _materials(self) -> tuple[np.ndarray, tuple[str, ...]]:
-        if "materials" not in self._cache:
-            materials = texture.MATERIALS
-            self._cache["materials"] = (
-                np.array([materials.index(texture.MATERIAL_OF_PART[n]) for n in self.part_names],
-                         dtype=np.int8),
-                materials,
-            )
+        if "materials" not in self._cache:  # idempotent, so a race only builds it twice
+            self._cache["materials"] = _materials_of(self.part_names)
         return self._cache["materials"]
 
     # --- geometry queries -------------------------------------------------------
@@ -253,6 +236,33 @@ class SyntheticScene:
         mesh.vertex_normals = o3d.utility.Vector3dVector(
             self.vertex_normals_world.astype(np.float64))
         return mesh
+
+
+def _materials_of(part_names: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(material index of each part, material names)."""
+    materials = texture.MATERIALS
+    return (
+        np.array([materials.index(texture.MATERIAL_OF_PART[n]) for n in part_names], np.int8),
+        materials,
+    )
+
+
+def _albedo_rgb(
+    material_of_part: np.ndarray, materials: tuple[str, ...], seed: int,
+    part_id: np.ndarray, points_world_m: np.ndarray,
+) -> np.ndarray:
+    part_id = np.asarray(part_id)
+    points_world_m = np.ascontiguousarray(points_world_m)
+    material = material_of_part[part_id]
+    out = np.empty((len(part_id), 3), dtype=np.float32)
+    # Rows are moved as 12-byte opaque items: np.take and np.put on those are
+    # several times faster than fancy indexing of (N, 3) rows (measured here).
+    out_rows = out.view(_ROW).reshape(-1)
+    for index in np.flatnonzero(np.bincount(material, minlength=len(materials))):
+        rows = np.flatnonzero(material == index)
+        albedo = texture.albedo_rgb(materials[index], np.take(points_world_m, rows, axis=0), seed)
+        np.put(out_rows, rows, np.ascontiguousarray(albedo).view(_ROW).reshape(-1))
+    return out
 
 
 # --- building ----------------------------------------------------------------------
@@ -487,10 +497,13 @@ def ambulance_scene(seed: int = 0) -> SyntheticScene:
     bounds = np.array([layout.INTERIOR_MIN_M, layout.INTERIOR_MAX_M])
     bounds.setflags(write=False)
 
-    scene = SyntheticScene(
+    material_of_part, materials = _materials_of(PART_NAMES)
+    colors = _albedo_rgb(material_of_part, materials, seed, vertex_part, vertices)
+    colors.setflags(write=False)
+    return SyntheticScene(
         vertices_world_m=vertices,
         triangles=triangles,
-        vertex_colors=np.zeros((0, 3), np.float32),
+        vertex_colors=colors,
         vertex_normals_world=normals,
         triangle_part=triangle_part,
         part_names=PART_NAMES,
@@ -502,7 +515,3 @@ def ambulance_scene(seed: int = 0) -> SyntheticScene:
         obstacle_boxes_world_m=obstacle_boxes,
         seed=int(seed),
     )
-    colors = scene.albedo_rgb(vertex_part, vertices)
-    colors.setflags(write=False)
-    object.__setattr__(scene, "vertex_colors", colors)
-    return scene

@@ -22,6 +22,8 @@ from vision.synthetic.scene import SyntheticScene
 
 #: Room a head needs around the headset camera.
 HEAD_CLEARANCE_M = 0.15
+#: The head's sway stays within this of its planned path (each axis sways < 8 mm).
+_SWAY_BOUND_M = 0.015
 #: Eye heights above the floor, from kneeling (thighs upright) to standing under the
 #: 1.9 m ceiling.
 EYE_HEIGHT_RANGE_M = (0.95, 1.75)
@@ -101,7 +103,7 @@ def paramedic_trajectory(
         for _ in range(200):
             next_eye, next_target = _paramedic_keypose(scene, rng, side_sign, key_eye)
             seg_eyes = key_eye + ease * (next_eye - key_eye)
-            if scene.is_free_space(seg_eyes, HEAD_CLEARANCE_M).all():
+            if scene.is_free_space(seg_eyes, HEAD_CLEARANCE_M + _SWAY_BOUND_M).all():
                 break
         else:
             raise RuntimeError("paramedic_trajectory: found no free path for the head")
@@ -109,11 +111,9 @@ def paramedic_trajectory(
         targets[frames] = key_target + ease * (next_target - key_target)
         key_eye, key_target = next_eye, next_target
 
-    sway_m = _sway(rng, timestamps_s, amplitude=(0.004, 0.008), freq_hz=(0.15, 0.6), dims=3)
-    # Keep the sway where the head has room (it is a few mm; fall back to none).
-    swayed = eyes + sway_m
-    ok = scene.is_free_space(swayed, HEAD_CLEARANCE_M)
-    eyes = np.where(ok[:, None], swayed, eyes)
+    # The planned path keeps _SWAY_BOUND_M more clearance than a head needs, so the
+    # swaying head stays in free space.
+    eyes = eyes + _sway(rng, timestamps_s, amplitude=(0.004, 0.008), freq_hz=(0.15, 0.6), dims=3)
     jitter_deg = _sway(rng, timestamps_s, amplitude=(0.6, 1.5), freq_hz=(0.2, 1.2), dims=3)
     jitter_rad = np.radians(jitter_deg)
     jitter = rotation_from_axis_angle(jitter_rad)
@@ -148,7 +148,7 @@ def _paramedic_keypose(
             continue
         if previous_eye is not None and np.linalg.norm(eye - previous_eye) > 0.5:
             continue
-        if scene.is_free_space(eye, HEAD_CLEARANCE_M)[0]:
+        if scene.is_free_space(eye, HEAD_CLEARANCE_M + _SWAY_BOUND_M)[0]:
             return eye, target
     raise RuntimeError("paramedic_trajectory: no free head position near the patient")
 
