@@ -336,3 +336,18 @@ def test_off_screen_and_behind_camera_points_are_flagged():
     assert result.on_screen.tolist() == [True, False, False]
     assert result.in_front.tolist() == [True, True, False]
     assert np.all(np.isnan(result.uv_px[2]))
+
+
+def test_occlusion_follows_block_updates_before_and_after_compaction():
+    spatial_map = SpatialMap()
+    spatial_map.set_block("wall", *box_mesh([0, 0, 0.5], [0.4, 0.4, 0.01]))
+    spatial_map.compact()
+    T = look_at([0, 0, 0], [0, 0, 1.0])
+    point = np.array([[0.0, 0.0, 1.0]])
+    assert reproject(point, T, CAMERA, spatial_map.snapshot()).occluded[0]
+    spatial_map.set_block("wall", *box_mesh([0.0, 0, 1.5], [0.4, 0.4, 0.01]))  # moved behind the point
+    assert not reproject(point, T, CAMERA, spatial_map.snapshot()).occluded[0]  # stale base geometry ignored
+    spatial_map.compact()
+    assert not reproject(point, T, CAMERA, spatial_map.snapshot()).occluded[0]
+    spatial_map.set_block("curtain", *box_mesh([0, 0, 0.8], [0.4, 0.4, 0.01]))  # new, in the overlay
+    assert reproject(point, T, CAMERA, spatial_map.snapshot()).occluded[0]

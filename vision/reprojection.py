@@ -65,7 +65,9 @@ def reproject(
         origin = T[:3, 3]
         to_point = points[idx] - origin
         distance = np.linalg.norm(to_point, axis=1)
-        hits = spatial_map.cast(origin, to_point / distance[:, None])
         tolerance = occlusion_tolerance_m + occlusion_tolerance_relative * distance
-        occluded[idx] = hits.hit & (hits.t_m < distance - tolerance)
+        # Stop each line of sight `tolerance` short of its point: anything crossing
+        # what is left hides the point.
+        keep = np.clip(1.0 - tolerance / distance, 0.0, 1.0)
+        occluded[idx] = spatial_map.segment_blocked(origin, origin + to_point * keep[:, None])
     return Reprojection(uv_px, norm_from_px(uv_px, intrinsics), depth_m, in_front, on_screen, occluded)
