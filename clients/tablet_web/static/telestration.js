@@ -1,0 +1,428 @@
+// Telestration: the expert draws on the crew's live picture; the server anchors
+// each drawing in 3D against the pose of the frame it was drawn on
+// (docs/protocol.md, `annotate`), and every displayed frame re-projects every
+// anchored annotation with that frame's own pose, so drawings stay on the
+// patient while the camera moves.
+//
+// Input is pointer events (mouse, touch and pen alike). Coordinates sent are
+// normalised to the picture (0..1 from its top-left corner), whatever the
+// element's size or letterboxing.
+
+import { contentRect, projectPoints } from "./geometry.js";
+
+export const TOOLS = ["pen", "arrow", "ellipse", "point", "label", "ruler", "polyline", "polygon", "laser"];
+// Tool -> the shape kind the server anchors.
+const KIND = { pen: "stroke", arrow: "arrow", ellipse: "ellipse", point: "point", label: "label",
+               ruler: "ruler", polyline: "stroke", polygon: "polygon" };
+// Pointer samples closer than this (CSS px) to the previous one are dropped.
+const MIN_SAMPLE_PX = 2;
+const MAX_POINTS = 2048;
+const LASER_INTERVAL_MS = 50;
+const ELLIPSE_POINTS = 48;
+
+const UNITS = { mm: "mm", "mm²": "mm²", deg: "°" };
+
+export class Telestration {
+  #api;
+  #canvas;
+  #ctx;
+  #tool = "pen";
+  #draft = null; // {tool, points: [[u, v]], rtp, producerId}
+  #frozen = null; // {rtp, bitmap}
+  #lastFrame = null; // {rtpPublisher, pose}
+  #undo = []; // own annotation messages, newest last
+  #redo = [];
+  #laserSentMs = 0;
+
+  /**
+   * api: {video, request(message) -> Promise<reply>, send(message),
+   *       currentTrack() -> {producer_id, rtp_timestamp_offset} | undefined,
+   *       poseFor(publisherRtp) -> pose | undefined, selfId() -> peer id,
+   *       onChange()}
+   */
+  constructor(api, canvas) {
+    this.#api = api;
+    this.#canvas = canvas;
+    this.#ctx = canvas.getContext("2d");
+    this.annotations = new Map(); // annotation_id -> annotation message
+    this.lasers = new Map(); // author -> {point_world_m, color, until}
+    // For tests and the status line: what the last drawn frame showed.
+    this.lastProjection = { rtpTimestamp: null, poseFrameId: null, shapes: {} };
+    this.errors = [];
+    this.pending = 0;
+    canvas.addEventListener("pointerdown", (e) => this.#down(e));
+    canvas.addEventListener("pointermove", (e) => this.#move(e));
+    canvas.addEventListener("pointerup", (e) => this.#up(e));
+    canvas.addEventListener("pointercancel", () => { this.#draft = null; });
+    canvas.addEventListener("dblclick", (e) => this.#finishPolyline(e));
+    this.#scheduleFrame();
+  }
+
+  get tool() { return this.#tool; }
+  set tool(name) {
+    if (!TOOLS.includes(name)) throw new Error(`unknown tool ${name}`);
+    this.#tool = name;
+    this.#draft = null;
+  }
+
+  get frozen() { return this.#frozen !== null; }
+
+  // --- freeze-frame ---------------------------------------------------------
+
+  freeze() {
+    if (this.#frozen || !this.#lastFrame) return false;
+    this.#frozen = { ...this.#lastFrame };
+    this.#api.video.pause();
+    return true;
+  }
+
+  resume() {
+    this.#frozen = null;
+    this.#api.video.play().catch(() => {});
+  }
+
+  // --- incoming -------------------------------------------------------------
+
+  onMessage(message) {
+    switch (message.type) {
+      case "annotation":
+        this.annotations.set(message.annotation_id, message);
+        break;
+      case "annotations_removed":
+        for (const id of message.annotation_ids) this.annotations.delete(id);
+        break;
+      case "laser_point":
+        this.lasers.set(message.author_peer_id, { ...message, until: performance.now() + 1500 });
+        break;
+      default:
+        return false;
+    }
+    this.#api.onChange();
+    this.#draw();
+    return true;
+  }
+
+  // --- own annotations: undo, redo, delete, clear ------------------------------
+
+  async undo() {
+    const last = this.#undo.pop();
+    if (!last) return;
+    await this.#api.request({ type: "annotation_delete", annotation_id: last.annotation_id });
+    this.#redo.push(last);
+  }
+
+  async redo() {
+    const again = this.#redo.pop();
+    if (!again) return;
+    const reply = await this.#api.request(again.request);
+    this.#undo.push({ annotation_id: reply.annotation_id, request: again.request });
+  }
+
+  async remove(annotationId) {
+    await this.#api.request({ type: "annotation_delete", annotation_id: annotationId });
+    this.#undo = this.#undo.filter((a) => a.annotation_id !== annotationId);
+  }
+
+  async clearMine() {
+    await this.#api.request({ type: "annotation_clear" });
+    this.#undo = [];
+    this.#redo = [];
+  }
+
+  // --- drawing --------------------------------------------------------------
+
+  #picturePoint(event) {
+    const video = this.#api.video;
+    const rect = contentRect(video);
+    const box = this.#canvas.getBoundingClientRect();
+    const x = event.clientX - box.left - rect.x;
+    const y = event.clientY - box.top - rect.y;
+    return [Math.min(1, Math.max(0, x / rect.width)), Math.min(1, Math.max(0, y / rect.height))];
+  }
+
+  // The frame being drawn on: the frozen one, or the one on screen now.
+  #drawnFrame() {
+    const frame = this.#frozen ?? this.#lastFrame;
+    const track = this.#api.currentTrack();
+    if (!frame || !track) return null;
+    return { rtp: frame.rtpPublisher, producerId: track.producer_id };
+  }
+
+  #down(event) {
+    if (event.button !== undefined && event.button > 0) return;
+    const frame = this.#drawnFrame();
+    if (!frame) return;
+    this.#canvas.setPointerCapture?.(event.pointerId);
+    const point = this.#picturePoint(event);
+    if (this.#tool === "laser") {
+      this.#draft = { tool: "laser" };
+      this.#sendLaser(point, frame);
+      return;
+    }
+    if (this.#tool === "polyline" || this.#tool === "polygon") {
+      // Click by click; double-click (or closing on the first point) ends it.
+      if (!this.#draft) this.#draft = { tool: this.#tool, points: [], ...frame };
+      this.#draft.points.push(point);
+      this.#draw();
+      return;
+    }
+    this.#draft = { tool: this.#tool, points: [point], ...frame, lastClient: [event.clientX, event.clientY] };
+  }
+
+  #move(event) {
+    const draft = this.#draft;
+    if (!draft) return;
+    const point = this.#picturePoint(event);
+    if (draft.tool === "laser") {
+      if (event.buttons) this.#sendLaser(point, this.#drawnFrame());
+      return;
+    }
+    if (draft.tool === "polyline" || draft.tool === "polygon") return;
+    if (draft.tool === "pen") {
+      const [lx, ly] = draft.lastClient;
+      if (Math.hypot(event.clientX - lx, event.clientY - ly) < MIN_SAMPLE_PX) return;
+      if (draft.points.length < MAX_POINTS) draft.points.push(point);
+      draft.lastClient = [event.clientX, event.clientY];
+    } else {
+      draft.points[1] = point; // the drag's other end
+    }
+    this.#draw();
+  }
+
+  #up(event) {
+    const draft = this.#draft;
+    if (!draft || draft.tool === "polyline" || draft.tool === "polygon") return;
+    this.#draft = null;
+    if (draft.tool === "laser") return;
+    if (draft.tool !== "pen" && draft.tool !== "point" && draft.tool !== "label") {
+      draft.points[1] = this.#picturePoint(event);
+    }
+    this.submit(draft);
+  }
+
+  #finishPolyline(event) {
+    const draft = this.#draft;
+    if (!draft || (draft.tool !== "polyline" && draft.tool !== "polygon")) return;
+    event.preventDefault();
+    this.#draft = null;
+    // A double-click adds its point twice (two pointerdowns): drop the repeat.
+    const points = draft.points.filter((p, i, all) =>
+      i === 0 || Math.hypot(p[0] - all[i - 1][0], p[1] - all[i - 1][1]) > 1e-4);
+    this.submit({ ...draft, points });
+  }
+
+  /** Send a finished drawing; resolves with the anchored annotation. */
+  async submit(draft) {
+    let points = draft.points;
+    let text = null;
+    if (draft.tool === "ellipse") points = ellipseOutline(points[0], points[1] ?? points[0]);
+    if (draft.tool === "label") text = (await this.#api.askText?.()) ?? "label";
+    const request = { type: "annotate", producer_id: draft.producerId, rtp_timestamp: draft.rtp,
+                      kind: KIND[draft.tool], points,
+                      client_ref: `${draft.tool}-${Date.now()}` };
+    if (text) request.text = text;
+    this.pending++;
+    const sentMs = performance.now();
+    try {
+      const reply = await this.#api.request(request);
+      this.annotations.set(reply.annotation_id, reply);
+      this.#undo.push({ annotation_id: reply.annotation_id, request });
+      this.#redo = [];
+      this.roundTrips.push(performance.now() - sentMs);
+      return reply;
+    } catch (error) {
+      this.errors.push(String(error.message ?? error));
+      throw error;
+    } finally {
+      this.pending--;
+      this.#api.onChange();
+      this.#draw();
+    }
+  }
+
+  roundTrips = [];
+
+  #sendLaser(point, frame) {
+    const now = performance.now();
+    if (!frame || now - this.#laserSentMs < LASER_INTERVAL_MS) return;
+    this.#laserSentMs = now;
+    this.#api.send({ type: "laser", producer_id: frame.producerId, rtp_timestamp: frame.rtp, point });
+  }
+
+  // --- per displayed frame --------------------------------------------------
+
+  #scheduleFrame() {
+    const video = this.#api.video;
+    if (!video.requestVideoFrameCallback) {
+      setInterval(() => this.#draw(), 33);
+      return;
+    }
+    const onFrame = (_now, metadata) => {
+      if (!this.#frozen) {
+        const track = this.#api.currentTrack();
+        const offset = track?.rtp_timestamp_offset ?? 0;
+        if (metadata.rtpTimestamp !== undefined) {
+          const rtpPublisher = (metadata.rtpTimestamp - offset + 2 ** 32) % 2 ** 32;
+          const pose = this.#api.poseFor(rtpPublisher);
+          this.#lastFrame = { rtpPublisher: pose?.rtp_timestamp ?? rtpPublisher, pose };
+        }
+        this.#draw();
+      }
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+  }
+
+  #draw() {
+    const canvas = this.#canvas;
+    const video = this.#api.video;
+    if (canvas.width !== video.clientWidth || canvas.height !== video.clientHeight) {
+      canvas.width = video.clientWidth;
+      canvas.height = video.clientHeight;
+    }
+    const ctx = this.#ctx;
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    const frame = this.#frozen ?? this.#lastFrame;
+    const rect = contentRect(video);
+    const pose = frame?.pose;
+    const shapes = {};
+    if (pose) {
+      const scale = rect.width / pose.intrinsics.width;
+      for (const annotation of this.annotations.values()) {
+        const projected = projectPoints(annotation.points_world_m, pose.T_world_camera, pose.intrinsics);
+        shapes[annotation.annotation_id] = projected.map((p) => [p.u, p.v]);
+        drawAnnotation(ctx, annotation, projected, rect, scale, pose.intrinsics);
+      }
+      const now = performance.now();
+      for (const [author, laser] of this.lasers) {
+        if (laser.until < now) { this.lasers.delete(author); continue; }
+        const [p] = projectPoints([laser.point_world_m], pose.T_world_camera, pose.intrinsics);
+        if (!p.inFront) continue;
+        ctx.fillStyle = laser.color;
+        ctx.beginPath();
+        ctx.arc(rect.x + (p.u + 0.5) * scale, rect.y + (p.v + 0.5) * scale, 7, 0, 2 * Math.PI);
+        ctx.fill();
+      }
+    }
+    this.lastProjection = { rtpTimestamp: frame?.rtpPublisher ?? null,
+                            poseFrameId: pose?.frame_id ?? null, shapes };
+    if (this.#draft && this.#draft.points) drawDraft(ctx, this.#draft, rect);
+  }
+}
+
+function ellipseOutline([u0, v0], [u1, v1]) {
+  const cu = (u0 + u1) / 2, cv = (v0 + v1) / 2;
+  const ru = Math.max(Math.abs(u1 - u0) / 2, 1e-3), rv = Math.max(Math.abs(v1 - v0) / 2, 1e-3);
+  return Array.from({ length: ELLIPSE_POINTS }, (_, i) => {
+    const a = (2 * Math.PI * i) / ELLIPSE_POINTS;
+    return [cu + ru * Math.cos(a), cv + rv * Math.sin(a)];
+  });
+}
+
+function toCss(p, rect, scale) {
+  return [rect.x + (p.u + 0.5) * scale, rect.y + (p.v + 0.5) * scale];
+}
+
+function onScreen(p, intrinsics) {
+  return p.inFront && p.u >= -0.5 && p.v >= -0.5 && p.u <= intrinsics.width - 0.5 && p.v <= intrinsics.height - 0.5;
+}
+
+function drawAnnotation(ctx, annotation, projected, rect, scale, intrinsics) {
+  const color = annotation.color;
+  ctx.strokeStyle = color;
+  ctx.fillStyle = color;
+  ctx.lineWidth = 3;
+  ctx.lineJoin = ctx.lineCap = "round";
+  const visible = projected.map((p) => onScreen(p, intrinsics));
+  if (!visible.some(Boolean)) {
+    drawEdgeArrow(ctx, projected, rect, scale, intrinsics, color);
+    return;
+  }
+  const closed = annotation.kind === "ellipse" || annotation.kind === "polygon";
+  const fallback = annotation.anchoring.map((a) => a !== 0);
+  ctx.beginPath();
+  let pen = false;
+  const order = closed ? [...projected.keys(), 0] : [...projected.keys()];
+  for (const i of order) {
+    if (!visible[i]) { pen = false; continue; }
+    const [x, y] = toCss(projected[i], rect, scale);
+    if (pen) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+    pen = true;
+  }
+  // Points placed by a fallback (not on the map) are drawn dashed: less certain.
+  ctx.setLineDash(fallback.some(Boolean) ? [8, 6] : []);
+  ctx.stroke();
+  ctx.setLineDash([]);
+  const last = projected[projected.length - 1];
+  if (annotation.kind === "point" || annotation.kind === "label") {
+    const [x, y] = toCss(projected[0], rect, scale);
+    ctx.beginPath();
+    ctx.arc(x, y, 6, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+  if (annotation.kind === "arrow" && projected.length >= 2 && visible[projected.length - 1]) {
+    const [x1, y1] = toCss(last, rect, scale);
+    let k = projected.length - 2;
+    while (k > 0 && Math.hypot(...toCss(projected[k], rect, scale).map((c, j) => c - [x1, y1][j])) < 12) k--;
+    const [x0, y0] = toCss(projected[k], rect, scale);
+    const angle = Math.atan2(y1 - y0, x1 - x0);
+    ctx.beginPath();
+    ctx.moveTo(x1, y1);
+    ctx.lineTo(x1 - 16 * Math.cos(angle - 0.45), y1 - 16 * Math.sin(angle - 0.45));
+    ctx.lineTo(x1 - 16 * Math.cos(angle + 0.45), y1 - 16 * Math.sin(angle + 0.45));
+    ctx.closePath();
+    ctx.fill();
+  }
+  const labels = [];
+  if (annotation.text) labels.push(annotation.text);
+  for (const m of annotation.measurements ?? []) {
+    // A freehand stroke or an arrow is not a measurement; a polyline is.
+    if (m.name === "perimeter") continue;
+    if (m.name === "length" && !annotation.client_ref?.startsWith("polyline")) continue;
+    labels.push(`${m.value.toFixed(m.unit === "deg" ? 0 : 1)} ± ${m.sigma.toFixed(1)} ${UNITS[m.unit] ?? m.unit}`);
+  }
+  if (labels.length) {
+    const anchor = visible.lastIndexOf(true);
+    const [x, y] = toCss(projected[anchor], rect, scale);
+    ctx.font = "bold 15px sans-serif";
+    const text = `${annotation.author_name}: ${labels.join(" · ")}`;
+    ctx.lineWidth = 4;
+    ctx.strokeStyle = "rgba(0,0,0,0.7)";
+    ctx.strokeText(text, x + 8, y - 8);
+    ctx.fillText(text, x + 8, y - 8);
+  }
+}
+
+// An annotation entirely off the picture: an arrow at the edge pointing to it.
+function drawEdgeArrow(ctx, projected, rect, scale, intrinsics, color) {
+  const p = projected[0];
+  const cx = intrinsics.width / 2, cy = intrinsics.height / 2;
+  let dx = p.u - cx, dy = p.v - cy;
+  if (!p.inFront) { dx = -dx; dy = -dy; }
+  if (!Number.isFinite(dx) || !Number.isFinite(dy)) return;
+  const t = Math.min(Math.abs((cx - 20) / (dx || 1e-9)), Math.abs((cy - 20) / (dy || 1e-9)));
+  const [x, y] = toCss({ u: cx + dx * t, v: cy + dy * t }, rect, scale);
+  const angle = Math.atan2(dy, dx);
+  ctx.fillStyle = color;
+  ctx.beginPath();
+  ctx.moveTo(x + 14 * Math.cos(angle), y + 14 * Math.sin(angle));
+  ctx.lineTo(x + 12 * Math.cos(angle + 2.5), y + 12 * Math.sin(angle + 2.5));
+  ctx.lineTo(x + 12 * Math.cos(angle - 2.5), y + 12 * Math.sin(angle - 2.5));
+  ctx.closePath();
+  ctx.fill();
+}
+
+function drawDraft(ctx, draft, rect) {
+  let points = draft.points;
+  if (draft.tool === "ellipse" && points.length === 2) points = ellipseOutline(points[0], points[1]);
+  ctx.strokeStyle = "rgba(255,255,255,0.9)";
+  ctx.lineWidth = 2;
+  ctx.setLineDash([4, 4]);
+  ctx.beginPath();
+  points.forEach(([u, v], i) => {
+    const x = rect.x + u * rect.width, y = rect.y + v * rect.height;
+    if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+  });
+  ctx.stroke();
+  ctx.setLineDash([]);
+}
