@@ -280,11 +280,15 @@ def test_rays_that_miss_everything_give_zero_depth_and_no_ids(scene):
     assert (rendering.color_rgb == 0).all()
 
 
-def test_render_is_deterministic_and_refuses_a_non_rigid_pose(scene):
+def test_render_is_deterministic_can_skip_colour_and_refuses_a_non_rigid_pose(scene):
     T = look_at((0.0, 1.4, -0.6), scene.landmarks_world_m["sternum"])
     a, b = render(scene, T, SMALL_HOLOLENS), render(scene, T, SMALL_HOLOLENS)
     np.testing.assert_array_equal(a.color_rgb, b.color_rgb)
     np.testing.assert_array_equal(a.depth_m, b.depth_m)
+    depth_only = render(scene, T, SMALL_HOLOLENS, color=False)
+    assert depth_only.color_rgb is None
+    np.testing.assert_array_equal(depth_only.depth_m, a.depth_m)
+    np.testing.assert_array_equal(depth_only.triangle_id, a.triangle_id)
     with pytest.raises(ValueError, match="T_world_camera"):
         render(scene, T * 1.01, SMALL_HOLOLENS)
 

@@ -25,7 +25,7 @@ _HEADLIGHT = 0.65
 class Rendering:
     """One rendered frame, with the pose and camera that made it."""
 
-    color_rgb: np.ndarray  # (H, W, 3) uint8
+    color_rgb: np.ndarray | None  # (H, W, 3) uint8; None when rendered with color=False
     depth_m: np.ndarray  # (H, W) float32: camera z of the hit (OpenCV), 0 where nothing is hit
     triangle_id: np.ndarray  # (H, W) int32 index into scene.triangles, -1 where nothing is hit
     part_id: np.ndarray  # (H, W) int16 index into scene.part_names, -1 where nothing is hit
@@ -74,11 +74,14 @@ def render(
     intrinsics: Intrinsics,
     *,
     raycasting_scene: o3d.t.geometry.RaycastingScene | None = None,
+    color: bool = True,
 ) -> Rendering:
     """Render ``scene`` seen by a camera at ``T_world_camera`` (camera-to-world).
 
     ``raycasting_scene`` defaults to ``scene.raycasting_scene()`` (built once per
-    scene); one passed in must hold the scene's mesh as its geometry 0.
+    scene); one passed in must hold the scene's mesh as its geometry 0. With
+    ``color=False`` only depth and ids are made (texturing and shading are about half
+    the cost of a frame), and ``color_rgb`` is None.
     """
     T_world_camera = check_pose(T_world_camera)
     if raycasting_scene is None:
@@ -106,7 +109,24 @@ def render(
     triangle_id[rows] = hits["primitive_ids"].numpy()[rows]
     part_id = np.full(n_rays, -1, dtype=np.int16)
     part_id[rows] = scene.triangle_part[triangle_id[rows]]
+    color_rgb = _shaded_color(scene, rays, rows, hits, triangle_id, part_id) if color else None
 
+    return Rendering(
+        color_rgb=None if color_rgb is None else color_rgb.reshape(height, width, 3),
+        depth_m=depth_m.reshape(height, width),
+        triangle_id=triangle_id.reshape(height, width),
+        part_id=part_id.reshape(height, width),
+        T_world_camera=T_world_camera,
+        intrinsics=intrinsics,
+    )
+
+
+def _shaded_color(
+    scene: SyntheticScene, rays: np.ndarray, rows: slice | np.ndarray, hits: dict,
+    triangle_id: np.ndarray, part_id: np.ndarray,
+) -> np.ndarray:
+    """(N, 3) uint8: the procedural texture at each hit, Lambert-shaded by a headlight."""
+    t_rows = hits["t_hit"].numpy()[rows]
     directions = rays[rows, 3:]
     points_world_m = directions * t_rows[:, None]
     points_world_m += rays[0, :3]
@@ -125,14 +145,6 @@ def render(
     rgb = scene.albedo_rgb(hit_part, points_world_m)
     rgb *= shade[:, None]
     rgb += 0.5  # round; albedo <= 1 and ambient + headlight = 1 keep it <= 255.5
-    color_rgb = np.zeros((n_rays, 3), dtype=np.uint8)
+    color_rgb = np.zeros((len(rays), 3), dtype=np.uint8)
     color_rgb[rows] = rgb
-
-    return Rendering(
-        color_rgb=color_rgb.reshape(height, width, 3),
-        depth_m=depth_m.reshape(height, width),
-        triangle_id=triangle_id.reshape(height, width),
-        part_id=part_id.reshape(height, width),
-        T_world_camera=T_world_camera,
-        intrinsics=intrinsics,
-    )
+    return color_rgb
