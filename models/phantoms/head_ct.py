@@ -1,7 +1,7 @@
 """Synthetic axial head-CT slices in Hounsfield units, with or without an acute
 intracranial hemorrhage of one of the four main types.
 
-Bleeds: intraparenchymal (a blob with an oedema rim), subdural (a long thin
+Bleeds: intraparenchymal (a lumpy blob), subdural (a long thin
 crescent against the inner table), epidural (a short biconvex lens) and
 subarachnoid (thin hyperdense lines in sulci and cisterns). Every slice, with
 a bleed or without, may carry what fools real readers: calcifications (pineal,

@@ -15,9 +15,9 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-#: A pocket smaller than this (pixels at 256x256, about 3.5 mm across at a
+#: A pocket smaller than this (pixels at 256x256, about 6 mm across at a
 #: 16 cm depth) is not called free fluid by the phantom: a reader could not either.
-MIN_FLUID_PX_256 = 60
+MIN_FLUID_PX_256 = 100
 
 
 @dataclass(frozen=True)
@@ -83,9 +83,11 @@ def _smooth_noise(rng: np.random.Generator, size: int, scale: int, sigma: float)
 
 
 def generate(rng: np.random.Generator, size: int = 256, fluid: bool | None = None,
-             ) -> UltrasoundCase:
+             speckle_rng: np.random.Generator | None = None) -> UltrasoundCase:
     """One B-mode frame. `fluid` forces a positive or a negative; None draws it
-    (half and half)."""
+    (half and half). With `speckle_rng`, speckle and electronic noise come from
+    it instead: the same anatomy (from `rng`) with fresh speckle, as in
+    successive frames of a probe held still."""
     if fluid is None:
         fluid = bool(rng.random() < 0.5)
     depth, theta, fan = _fan_geometry(size)
@@ -117,25 +119,25 @@ def generate(rng: np.random.Generator, size: int = 256, fluid: bool | None = Non
         if rng.random() < 0.35:
             length = width * rng.uniform(1.0, 1.4)  # seen in cross-section
         rho = _ellipse_rho(size, cx, cy, length / 2, width, rng.uniform(-1.2, 1.2))
-        wall = (rho >= 1.0) & (rho < 1.0 + 2.2 * px / width)
-        echo = np.where(wall, rng.uniform(1.0, 1.5), echo)
+        wall = (rho >= 1.0) & (rho < 1.0 + 3.5 * px / width)
+        echo = np.where(wall, rng.uniform(1.3, 1.8), echo)
         anechoic |= rho < 1.0
     for _ in range(int(rng.integers(0, 2))):  # gallbladder: smooth oval, enhancement below
-        cx, cy = rng.uniform(0.3, 0.7), rng.uniform(0.35, 0.75)
+        cx, cy = _inside_an_organ(rng, organs)
         a, b = rng.uniform(0.05, 0.10), rng.uniform(0.03, 0.06)
         rho = _ellipse_rho(size, cx, cy, a, b, rng.uniform(-0.8, 0.8))
         anechoic |= rho < 1.0
-        echo = np.where(np.abs(rho - 1.0) < 1.5 * px / b, rng.uniform(0.9, 1.3), echo)
-        enhancement *= _posterior_band(depth, theta, cx, cy, a, 1.0 + rng.uniform(0.3, 0.7))
+        echo = np.where(np.abs(rho - 1.0) < 3.0 * px / b, rng.uniform(1.1, 1.5), echo)
+        enhancement *= _posterior_band(depth, theta, cx, cy, a, 1.0 + rng.uniform(0.5, 0.9))
     for _ in range(int(rng.integers(0, 3))):  # simple cysts: round, thin wall, enhancement
-        cx, cy = rng.uniform(0.25, 0.75), rng.uniform(0.3, 0.85)
+        cx, cy = _inside_an_organ(rng, organs)
         r = rng.uniform(0.015, 0.05)
         rho = _ellipse_rho(size, cx, cy, r, r * rng.uniform(0.85, 1.1), 0.0)
         anechoic |= rho < 1.0
-        echo = np.where(np.abs(rho - 1.0) < 1.2 * px / r, rng.uniform(0.9, 1.3), echo)
-        enhancement *= _posterior_band(depth, theta, cx, cy, r, 1.0 + rng.uniform(0.2, 0.6))
+        echo = np.where(np.abs(rho - 1.0) < 2.5 * px / r, rng.uniform(1.1, 1.5), echo)
+        enhancement *= _posterior_band(depth, theta, cx, cy, r, 1.0 + rng.uniform(0.4, 0.8))
     shadow = np.ones_like(echo)
-    for _ in range(int(rng.integers(0, 3))):  # rib or bowel-gas shadows along the beam
+    for _ in range(int(rng.integers(0, 2)) + int(rng.random() < 0.2)):  # rib or gas shadows
         t0 = rng.uniform(-0.55, 0.45)
         span = rng.uniform(0.06, 0.18)
         d0 = rng.uniform(0.05, 0.6)
@@ -158,9 +160,10 @@ def generate(rng: np.random.Generator, size: int = 256, fluid: bool | None = Non
     tgc = 1.0 + rng.uniform(0.0, 1.5) * np.clip(depth, 0, 1)
     amplitude = echo * enhancement * shadow * attenuation * tgc * gain
 
-    speckle = _speckle(rng, size)
+    speckle = _speckle(speckle_rng or rng, size)
     noise_floor = rng.uniform(0.003, 0.02)
-    signal = amplitude * speckle + noise_floor * np.abs(rng.standard_normal(echo.shape))
+    noise = np.abs((speckle_rng or rng).standard_normal(echo.shape))
+    signal = amplitude * speckle + noise_floor * noise
     db = 20 * np.log10(np.maximum(signal, 1e-4))
     # Log compression as a scanner displays it: tissue mid-grey, fluid black.
     dynamic_range = rng.uniform(40, 60)
@@ -173,6 +176,17 @@ def generate(rng: np.random.Generator, size: int = 256, fluid: bool | None = Non
     if visible.sum() < MIN_FLUID_PX_256 * (size / 256) ** 2:
         visible[:] = False
     return UltrasoundCase((image * 255).astype(np.uint8), visible)
+
+
+def _inside_an_organ(rng: np.random.Generator, organs: list) -> tuple[float, float]:
+    """A centre inside an organ's parenchyma (cysts and the gallbladder live there)."""
+    if not organs:
+        return rng.uniform(0.25, 0.75), rng.uniform(0.3, 0.85)
+    cx, cy, a, b, angle, _ = organs[int(rng.integers(len(organs)))]
+    r, t = rng.uniform(0, 0.55), rng.uniform(0, 2 * np.pi)
+    u, v = r * a * np.cos(t), r * b * np.sin(t)
+    return (cx + u * np.cos(angle) - v * np.sin(angle),
+            cy + u * np.sin(angle) + v * np.cos(angle))
 
 
 def _posterior_band(depth: np.ndarray, theta: np.ndarray, cx: float, cy: float, r: float,
@@ -189,26 +203,34 @@ def _posterior_band(depth: np.ndarray, theta: np.ndarray, cx: float, cy: float, 
 def _fluid_pocket(rng: np.random.Generator, size: int, organs: list) -> np.ndarray:
     """Free fluid: an anechoic crescent with tapered, angular ends against an organ
     (Morison's pouch), or an angular pocket between structures."""
-    if organs and rng.random() < 0.7:
+    if organs and rng.random() < 0.75:
         cx, cy, a, b, angle, rho = organs[int(rng.integers(len(organs)))]
         u, v = _ellipse_uv(size, cx, cy, a, b, angle)
         phi = np.arctan2(v, u)
         span = rng.uniform(0.5, 2.0)
-        width = rng.uniform(0.08, 0.45)  # in units of the organ's radius
+        width = rng.uniform(0.15, 0.5)  # in units of the organ's radius
         bump = _angle_window(phi, rng.uniform(0, 2 * np.pi), span)
         bump = bump ** rng.uniform(0.6, 1.2)
         jag = 1 + 0.25 * _smooth_noise(rng, size, 8, 0.8)
         return (rho >= 1.0) & (rho < 1.0 + width * bump * jag)
-    # An angular pocket: a random triangle-ish polygon, slightly irregular.
-    cx, cy = rng.uniform(0.25, 0.75), rng.uniform(0.3, 0.85)
-    radius = rng.uniform(0.04, 0.12)
+    # An angular pocket: a triangle-ish polygon against an organ, never inside one.
+    radius = rng.uniform(0.05, 0.12)
+    if organs:
+        cx, cy, a, b, angle, rho = organs[int(rng.integers(len(organs)))]
+        t = rng.uniform(0, 2 * np.pi)
+        u, v = (a + 0.6 * radius) * np.cos(t), (b + 0.6 * radius) * np.sin(t)
+        cx, cy = (cx + u * np.cos(angle) - v * np.sin(angle),
+                  cy + u * np.sin(angle) + v * np.cos(angle))
+    else:
+        cx, cy, rho = rng.uniform(0.25, 0.75), rng.uniform(0.3, 0.85), None
     n = int(rng.integers(3, 6))
     angles = np.sort(rng.uniform(0, 2 * np.pi, n))
     radii = radius * rng.uniform(0.5, 1.3, n)
     pts = np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], 1) * size
     mask = np.zeros((size, size), np.uint8)
     cv2.fillPoly(mask, [pts.astype(np.int32)], 1)
-    return mask.astype(bool)
+    pocket = mask.astype(bool)
+    return pocket if rho is None else pocket & (rho >= 1.0)
 
 
 def _speckle(rng: np.random.Generator, size: int) -> np.ndarray:
