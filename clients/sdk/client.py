@@ -67,6 +67,9 @@ class GoldenHourClient:
         self.errors: list[dict] = []
         #: ("joined" | "left", peer_id) in the order the server announced them.
         self.peer_events: list[tuple[str, str]] = []
+        #: The room's anchored annotations as the server announced them, by id.
+        self.annotations: dict[str, dict] = {}
+        self.laser_points: list[dict] = []
         self.on_track: Callable[[RemoteTrack], None] | None = None
         self.on_data: Callable[[dict], None] | None = None
         self.publish_pc: RTCPeerConnection | None = None
@@ -177,6 +180,8 @@ class GoldenHourClient:
                 if message.get("type") == "error":
                     future.set_exception(ServerError(message))
                 elif message.get("type") != "subscribe_offer":
+                    if message.get("type") == "annotation":  # our own, anchored
+                        self.annotations[message["annotation_id"]] = message
                     future.set_result(message)
                     continue
             kind = message.get("type")
@@ -189,6 +194,13 @@ class GoldenHourClient:
             elif kind == "peer_left":
                 self.state.peers.pop(message["peer_id"], None)
                 self.peer_events.append(("left", message["peer_id"]))
+            elif kind == "annotation":
+                self.annotations[message["annotation_id"]] = message
+            elif kind == "annotations_removed":
+                for annotation_id in message["annotation_ids"]:
+                    self.annotations.pop(annotation_id, None)
+            elif kind == "laser_point":
+                self.laser_points.append(message)
             elif kind == "error" and future is None:
                 self.errors.append(message)
 

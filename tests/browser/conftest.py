@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 
 import pytest
 
+from clients.hololens_bridge.scene_crew import SceneCrew
 from clients.hololens_bridge.simulated import SimulatedCrew
 from clients.sdk.client import GoldenHourClient
 from tests.conftest import RunningServer, start_server, loopback_config
@@ -187,6 +188,15 @@ class LoopPeers:
         crew = SimulatedCrew(client, width=640, height=360, fps=30, video_codec=video_codec)
         self._closers.append(crew.stop)
         self.run(crew.start())
+        return crew
+
+    def scene_crew(self, room: str) -> SceneCrew:
+        """A simulated headset inside the synthetic ambulance (camera renders the
+        scene, spatial map sent), publishing into `room`."""
+        client = GoldenHourClient(self._server.ws, room, "crew", "Scene crew", create=True)
+        crew = SceneCrew(client, width=640, height=360, fps=30)
+        self._closers.append(crew.stop)
+        self.run(crew.start(), timeout=60)
         return crew
 
     def client(self, room: str, role: str, name: str) -> GoldenHourClient:

@@ -47,7 +47,7 @@ export class Telestration {
     this.annotations = new Map(); // annotation_id -> annotation message
     this.lasers = new Map(); // author -> {point_world_m, color, until}
     // For tests and the status line: what the last drawn frame showed.
-    this.lastProjection = { rtpTimestamp: null, poseFrameId: null, shapes: {} };
+    this.lastProjection = { rtpTimestamp: null, poseFrameId: null, pose: null, shapes: {} };
     this.errors = [];
     this.pending = 0;
     canvas.addEventListener("pointerdown", (e) => this.#down(e));
@@ -73,6 +73,14 @@ export class Telestration {
     if (this.#frozen || !this.#lastFrame) return false;
     this.#frozen = { ...this.#lastFrame };
     this.#api.video.pause();
+    // The server keeps only the last 10 s of poses: ask it to keep this frame's
+    // for as long as the expert takes to draw on it.
+    const frame = this.#drawnFrame();
+    if (frame) {
+      this.frozenAck = this.#api.request({ type: "freeze_frame", producer_id: frame.producerId,
+                                           rtp_timestamp: frame.rtp })
+        .catch((error) => { this.errors.push(String(error.message ?? error)); });
+    }
     return true;
   }
 
@@ -305,7 +313,7 @@ export class Telestration {
       }
     }
     this.lastProjection = { rtpTimestamp: frame?.rtpPublisher ?? null,
-                            poseFrameId: pose?.frame_id ?? null, shapes };
+                            poseFrameId: pose?.frame_id ?? null, pose: pose ?? null, shapes };
     if (this.#draft && this.#draft.points) drawDraft(ctx, this.#draft, rect);
   }
 }

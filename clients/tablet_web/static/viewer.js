@@ -10,6 +10,7 @@
 
 import { FrameCodeReader } from "./framecode.js";
 import { decode as decodeMsgpack } from "./msgpack.js";
+import { TOOLS, Telestration } from "./telestration.js";
 
 const ROLES = ["expert", "observer", "crew"];
 const DATA_CHANNEL_LABEL = "goldenhour";
@@ -101,6 +102,7 @@ function render() {
   }
   if (s.framesEncoded) parts.push(`${s.publishedVideoCodec ?? ""} ${s.framesEncoded} frames sent`);
   $("status").textContent = parts.join(" · ");
+  renderAnnotationList();
   const code = state.lastFrameCode;
   if (code) {
     const delayMs = (Date.now() % 2 ** 32 - code.captureMs + 2 ** 32) % 2 ** 32;
@@ -424,6 +426,10 @@ async function microphone() {
 let subscribeChain = Promise.resolve();
 
 function onSignalingMessage(signaling, message) {
+  if (state.telestration?.onMessage(message)) {
+    render();
+    return;
+  }
   switch (message.type) {
     case "subscribe_offer":
       subscribeChain = subscribeChain.then(() => answerSubscribeOffer(signaling, message))
@@ -454,6 +460,69 @@ async function pollStats() {
   } catch (error) {
     reportError("stats", error);
   }
+}
+
+// --- telestration: drawing on the crew's picture ------------------------------
+
+function startTelestration(signaling) {
+  const canvas = $("annotations");
+  // For tests and scripts: raw requests and the track on screen.
+  state.request = (message) => signaling.request(message);
+  state.currentTrack = () => shownVideo?.info;
+  const telestration = state.telestration = new Telestration({
+    video,
+    request: (message) => signaling.request(message),
+    send: (message) => signaling.send(message),
+    currentTrack: () => shownVideo?.info,
+    poseFor,
+    onChange: render,
+    askText: async () => $("label-text").value || "label",
+  }, canvas);
+  if (role === "observer") {
+    $("tools").hidden = true;
+    canvas.style.pointerEvents = "none";
+    return;
+  }
+  const toolbar = $("tool-buttons");
+  for (const tool of TOOLS) {
+    const button = document.createElement("button");
+    button.textContent = tool;
+    button.dataset.tool = tool;
+    button.onclick = () => {
+      telestration.tool = tool;
+      for (const b of toolbar.children) b.classList.toggle("active", b.dataset.tool === tool);
+    };
+    button.classList.toggle("active", tool === telestration.tool);
+    toolbar.append(button);
+  }
+  const guard = (action) => () => action().catch((error) => reportError("annotation", error));
+  $("undo").onclick = guard(() => telestration.undo());
+  $("redo").onclick = guard(() => telestration.redo());
+  $("clear-mine").onclick = guard(() => telestration.clearMine());
+  $("freeze").onclick = () => {
+    if (telestration.frozen) telestration.resume(); else telestration.freeze();
+    $("freeze").textContent = telestration.frozen ? "resume" : "freeze";
+  };
+}
+
+function renderAnnotationList() {
+  const list = $("annotation-list");
+  if (!list || !state.telestration) return;
+  list.replaceChildren(...[...state.telestration.annotations.values()].map((a) => {
+    const item = document.createElement("li");
+    item.style.borderLeft = `6px solid ${a.color}`;
+    const measured = (a.measurements ?? []).filter((x) => x.name !== "perimeter" && x.name !== "length")
+      .map((x) => ` ${x.value.toFixed(1)} ${x.unit}`).join("");
+    item.textContent = `${a.author_name}: ${a.kind}${a.text ? ` "${a.text}"` : ""}${measured}`;
+    if (a.author_peer_id === state.peerId) {
+      const remove = document.createElement("button");
+      remove.textContent = "delete";
+      remove.onclick = () => state.telestration.remove(a.annotation_id)
+        .catch((error) => reportError("annotation", error));
+      item.append(" ", remove);
+    }
+    return item;
+  }));
 }
 
 async function main() {
@@ -496,6 +565,7 @@ async function main() {
   state.signaling = "joined";
   render();
 
+  if (role !== "crew") startTelestration(signaling);
   setInterval(pollStats, STATS_INTERVAL_MS);
   if (localStream) await publish(signaling, localStream, joined.ice_servers);
 }

@@ -1,0 +1,202 @@
+"""A room's annotations: turns annotation messages from its peers into calls on the
+annotation service, and tells every peer what changed.
+
+Who may do what: experts (and crews) draw; only an author deletes their own;
+only a crew sends its spatial map. An annotation is anchored against the pose
+the crew sent for the frame it was drawn on, found by RTP timestamp.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from server.annotations.service import AnnotationRefused, AnnotationService, Annotation, FramePose
+from server.signaling import messages as m
+from vision.anchoring import Shape, anchor_shape
+from vision.camera import Intrinsics, check_pose
+
+if TYPE_CHECKING:
+    from server.rooms.peer import Peer
+    from server.rooms.room import Room
+
+log = logging.getLogger(__name__)
+
+#: Chromium reports some frames' RTP timestamps a tick or two below what was sent.
+_RTP_SLACK_TICKS = 2
+#: Laser points per second per peer; more are dropped (it is a pointer, not a record).
+_LASER_RATE_HZ = 30
+
+
+def annotation_message(annotation: Annotation) -> m.AnnotationInfo:
+    anchored = annotation.anchored
+    return m.AnnotationInfo(
+        annotation_id=annotation.annotation_id,
+        author_peer_id=annotation.author.peer_id,
+        author_name=annotation.author.name,
+        color=annotation.author.color,
+        kind=annotation.kind.value,
+        text=annotation.text,
+        crew_peer_id=annotation.crew_peer_id,
+        producer_id=annotation.producer_id,
+        rtp_timestamp=annotation.rtp_timestamp,
+        points_world_m=np.round(anchored.points_world_m, 6).tolist(),
+        normals_world=np.round(anchored.normals_world, 4).tolist(),
+        anchoring=anchored.anchoring.astype(int).tolist(),
+        sigma_m=np.round(anchored.sigma_m, 6).tolist(),
+        measurements=[
+            m.MeasurementInfo(name=name, value=round(x.value, 2), sigma=round(x.sigma, 2), unit=x.unit, on_map=x.on_map)
+            for name, x in annotation.measurements.items()
+        ],
+        client_ref=annotation.client_ref,
+        created_ms=annotation.created_ms,
+        anchor_ms=round(annotation.anchor_ms, 3),
+    )
+
+
+class RoomAnnotations:
+    """The annotation side of one room."""
+
+    def __init__(self, room: Room) -> None:
+        self._room = room
+        self.service = AnnotationService()
+        self._laser_at: dict[str, float] = {}
+        #: Per expert, the pose of the frame they froze (outlives the 10 s history).
+        self._frozen: dict[str, m.CameraPose] = {}
+
+    def close(self) -> None:
+        self.service.close()
+
+    def forget(self, peer_id: str) -> None:
+        """A peer left: drop what the room kept for it alone (its annotations stay)."""
+        self._frozen.pop(peer_id, None)
+        self._laser_at.pop(peer_id, None)
+
+    def welcome(self, peer: Peer) -> None:
+        """A newcomer sees every current annotation."""
+        for annotation in self.service.annotations:
+            peer.notify(annotation_message(annotation))
+
+    def _broadcast(self, message: m._Message) -> None:
+        for peer in self._room.peers:
+            peer.notify(message)
+
+    async def handle(self, peer: Peer, message: m._Message) -> m._Message | None:
+        """Handle one annotation message; returns the reply for the sender (if any)."""
+        try:
+            if isinstance(message, m.Annotate):
+                return await self._annotate(peer, message)
+            if isinstance(message, m.FreezeFrame):
+                self._frozen[peer.id] = self._pose(message.producer_id, message.rtp_timestamp, None, "freeze_frame")
+                return m.FrameFrozen(producer_id=message.producer_id, rtp_timestamp=message.rtp_timestamp)
+            if isinstance(message, m.AnnotationDelete):
+                removed = [self.service.remove(peer.id, message.annotation_id)]
+                self._broadcast(m.AnnotationsRemoved(annotation_ids=removed, by_peer_id=peer.id))
+                return None
+            if isinstance(message, m.AnnotationClear):
+                removed = self.service.clear(peer.id)
+                reply = m.AnnotationsRemoved(annotation_ids=removed, by_peer_id=peer.id)
+                self._broadcast(reply)
+                return None
+            if isinstance(message, m.Laser):
+                await self._laser(peer, message)
+                return None
+            if isinstance(message, m.MapBlock):
+                self._require_crew(peer, "map_block")
+                vertices = np.asarray(message.vertices, dtype=np.float64)
+                if len(vertices) % 3:
+                    raise AnnotationRefused("invalid_field", "map_block: vertices must hold x, y, z per vertex")
+                triangles = np.asarray(message.triangles, dtype=np.int64)
+                if len(triangles) % 3:
+                    raise AnnotationRefused("invalid_field", "map_block: triangles must hold 3 indices per triangle")
+                await self.service.set_map_block(peer.id, message.block_id, vertices.reshape(-1, 3), triangles.reshape(-1, 3))
+                return m.MapBlockStored(id=message.id, block_id=message.block_id, triangles=len(triangles) // 3)
+            if isinstance(message, m.MapBlockRemove):
+                self._require_crew(peer, "map_block_remove")
+                await self.service.remove_map_block(peer.id, message.block_id)
+                return None
+        except AnnotationRefused as refused:
+            tag = type(message).__struct_config__.tag
+            raise m.ProtocolError(refused.code, str(refused), tag, message.id) from None
+        raise m.ProtocolError("unknown_type", f"not an annotation message: {type(message).__name__}")
+
+    @staticmethod
+    def _require_crew(peer: Peer, what: str) -> None:
+        if peer.role != "crew":
+            raise AnnotationRefused("forbidden", f"{what}: only a crew sends its spatial map")
+
+    def _pose(self, producer_id: str, rtp_timestamp: int, peer_id: str | None, what: str) -> m.CameraPose:
+        history = self._room.pose_history(producer_id)
+        if history is not None:
+            for delta in range(_RTP_SLACK_TICKS + 1):
+                for candidate in ((rtp_timestamp + delta) & 0xFFFFFFFF, (rtp_timestamp - delta) & 0xFFFFFFFF):
+                    pose = history.get(candidate)
+                    if pose is not None:
+                        return pose
+        frozen = self._frozen.get(peer_id) if peer_id is not None else None
+        if frozen is not None and frozen.producer_id == producer_id and abs(
+            ((frozen.rtp_timestamp - rtp_timestamp + 2**31) & 0xFFFFFFFF) - 2**31
+        ) <= _RTP_SLACK_TICKS:
+            return frozen
+        raise AnnotationRefused(
+            "no_pose",
+            f"{what}: no camera pose for RTP timestamp {rtp_timestamp} of track {producer_id!r} "
+            "(the server keeps the last 300 frames' poses, and the frame an expert froze)",
+        )
+
+    def _frame(self, producer_id: str, rtp_timestamp: int, what: str, peer_id: str | None = None) -> tuple[str, FramePose]:
+        producer = next((p for p in self._room.router.producers if p.id == producer_id), None)
+        if producer is None or producer.kind != "video":
+            raise AnnotationRefused("not_found", f"{what}: no video track {producer_id!r} in this room")
+        pose = self._pose(producer_id, rtp_timestamp, peer_id, what)
+        try:
+            intrinsics = Intrinsics(
+                pose.intrinsics.width, pose.intrinsics.height, pose.intrinsics.fx, pose.intrinsics.fy,
+                pose.intrinsics.cx, pose.intrinsics.cy, tuple(pose.intrinsics.distortion),
+            )
+            T = check_pose(pose.T_world_camera)
+        except ValueError as exc:
+            raise AnnotationRefused("invalid_pose", f"{what}: the crew's pose for that frame is unusable: {exc}") from None
+        return producer.peer_id, FramePose(pose.rtp_timestamp, T, intrinsics)
+
+    async def _annotate(self, peer: Peer, message: m.Annotate) -> m.AnnotationInfo:
+        if peer.role == "observer":
+            raise AnnotationRefused("forbidden", "annotate: observers watch; they do not draw")
+        crew_peer_id, frame = self._frame(message.producer_id, message.rtp_timestamp, "annotate", peer.id)
+        author = self.service.author(peer.id, peer.name)
+        annotation = await self.service.anchor(
+            author, crew_peer_id, message.producer_id, frame, message.kind, message.points,
+            text=message.text, client_ref=message.client_ref,
+        )
+        info = annotation_message(annotation)
+        for other in self._room.peers:
+            if other is not peer:
+                other.notify(info)
+        log.info("annotation anchored", extra={"room": self._room.name, "annotation": annotation.annotation_id,
+                                               "kind": annotation.kind.value, "anchor_ms": round(annotation.anchor_ms, 2)})
+        reply = annotation_message(annotation)
+        reply.id = message.id
+        return reply
+
+    async def _laser(self, peer: Peer, message: m.Laser) -> None:
+        if peer.role == "observer":
+            raise AnnotationRefused("forbidden", "laser: observers watch; they do not point")
+        now = time.monotonic()
+        if now - self._laser_at.get(peer.id, -1.0) < 1.0 / _LASER_RATE_HZ:
+            return
+        self._laser_at[peer.id] = now
+        crew_peer_id, frame = self._frame(message.producer_id, message.rtp_timestamp, "laser", peer.id)
+        author = self.service.author(peer.id, peer.name)
+        try:  # one ray: cheap enough for the event loop
+            anchored = anchor_shape(Shape.checked("point", [message.point]), frame.T_world_camera,
+                                    frame.intrinsics, self.service.spatial_map(crew_peer_id).snapshot())
+        except ValueError as exc:
+            raise AnnotationRefused("invalid_field", f"laser: {exc}") from None
+        self._broadcast(m.LaserInfo(
+            author_peer_id=peer.id, color=author.color, producer_id=message.producer_id,
+            rtp_timestamp=frame.rtp_timestamp, point_world_m=anchored.points_world_m[0].round(6).tolist(),
+            anchoring=int(anchored.anchoring[0]),
+        ))

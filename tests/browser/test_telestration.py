@@ -1,0 +1,231 @@
+"""Telestration in a real Chromium against a crew inside the synthetic ambulance:
+what the expert draws is anchored on the patient (checked against the scene's
+ground truth), stays there when the camera moves, reaches other experts and the
+crew, and bad input from the page changes nothing.
+
+Screenshots land in test-artifacts/; with GOLDENHOUR_UPDATE_DOCS=1 the console
+screenshot also replaces docs/img/console.png."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients.hololens_bridge.scene_camera import default_pose
+from vision.camera import look_at, norm_from_px, project, world_rays
+from vision.spatial_map import SpatialMap
+
+pytestmark = pytest.mark.browser
+
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "console.png"
+
+
+def wait_drawing_ready(page) -> None:
+    """Joined, frames decoding, and the displayed frame's pose known to the page.
+    The page comes to the front: Chromium pauses video-frame callbacks in pages
+    it considers hidden, and an expert draws on the page they are looking at."""
+    page.bring_to_front()
+    page.wait_for_function("() => window.goldenhour?.telestration?.lastProjection?.poseFrameId != null")
+
+
+def css_point(page, uv_norm) -> tuple[float, float]:
+    """Page coordinates of a normalised picture point, the way telestration.js maps them."""
+    box = page.evaluate("""() => {
+        const v = document.getElementById('video');
+        const c = document.getElementById('annotations').getBoundingClientRect();
+        const scale = Math.min(v.clientWidth / v.videoWidth, v.clientHeight / v.videoHeight);
+        const w = v.videoWidth * scale, h = v.videoHeight * scale;
+        return {x: c.left + (v.clientWidth - w) / 2, y: c.top + (v.clientHeight - h) / 2, w, h};
+    }""")
+    return box["x"] + uv_norm[0] * box["w"], box["y"] + uv_norm[1] * box["h"]
+
+
+def uv_of_css(page, x, y) -> np.ndarray:
+    """The normalised picture point the page computes for a pointer at (x, y)."""
+    box = page.evaluate("""() => {
+        const v = document.getElementById('video');
+        const c = document.getElementById('annotations').getBoundingClientRect();
+        const scale = Math.min(v.clientWidth / v.videoWidth, v.clientHeight / v.videoHeight);
+        const w = v.videoWidth * scale, h = v.videoHeight * scale;
+        return {x: c.left + (v.clientWidth - w) / 2, y: c.top + (v.clientHeight - h) / 2, w, h};
+    }""")
+    return np.array([(x - box["x"]) / box["w"], (y - box["y"]) / box["h"]])
+
+
+def pixel_norm(point_world_m, T, intrinsics) -> np.ndarray:
+    uv_px, _ = project(np.asarray(point_world_m)[None, :], T, intrinsics)
+    return norm_from_px(uv_px, intrinsics)[0]
+
+
+def move_camera(page, camera, T) -> None:
+    """Move the simulated camera and wait until the page displays a frame posed at T."""
+    camera.set_pose(T)
+    page.wait_for_function("""(T) => {
+        const p = window.goldenhour.telestration.lastProjection;
+        return p.pose && p.pose.T_world_camera.every((v, i) => Math.abs(v - T[i]) < 1e-9);
+    }""", arg=T.reshape(-1).tolist())
+
+
+def drag(page, start, end, steps=8) -> None:
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(*end, steps=steps)
+    page.mouse.up()
+
+
+def surface_point_under(scene_map, uv_norm, T, intrinsics) -> np.ndarray:
+    """Ground truth: where the ray through `uv_norm` from the true pose meets the scene."""
+    origin, dirs = world_rays(np.asarray(uv_norm)[None, :], T, intrinsics)
+    hit = scene_map.cast(origin, dirs)
+    assert hit.hit[0]
+    return origin + dirs[0] * hit.t_m[0]
+
+
+@pytest.fixture(scope="module")
+def scene_map():
+    from vision.synthetic import ambulance_scene
+
+    spatial_map = SpatialMap()
+    scene = ambulance_scene(0)
+    spatial_map.replace(scene.vertices_world_m, scene.triangles)
+    return spatial_map.snapshot()
+
+
+def wait_for_annotation(loop_peers, client, count=1, timeout=10.0):
+    loop_peers.run(client.wait_until(lambda: len(client.annotations) >= count, timeout), timeout + 5)
+    return list(client.annotations.values())
+
+
+def test_geometry_js_projects_like_vision(open_page) -> None:
+    from clients.hololens_bridge.scene_camera import scaled_intrinsics
+    from vision.camera import Intrinsics
+
+    intrinsics = Intrinsics(640, 360, 505.0, 503.0, 319.2, 180.4, (0.05, -0.02, 0.001, -0.001, 0.003))
+    T = look_at([0.3, 1.4, 0.5], [0.4, 0.9, 0.0])
+    points = np.random.default_rng(3).uniform([0.1, 0.7, -0.3], [0.7, 1.0, 0.3], (50, 3))
+    expected, _ = project(points, T, intrinsics)
+    page = open_page.blank("/healthz")
+    got = page.evaluate("""async ([points, T, K]) => {
+        const g = await import('/app/geometry.js');
+        return g.projectPoints(points, T, K).map((p) => [p.u, p.v]);
+    }""", [points.tolist(), T.reshape(-1).tolist(),
+           {"width": 640, "height": 360, "fx": 505.0, "fy": 503.0, "cx": 319.2, "cy": 180.4,
+            "distortion": list(intrinsics.distortion)}])
+    assert np.max(np.abs(np.array(got) - expected)) < 1e-6
+    assert scaled_intrinsics(640, 360).fx == pytest.approx(505.0)
+
+
+def test_arrow_drawn_in_the_browser_lands_on_the_patient_and_stays_there(
+        room, open_page, loop_peers, scene_map, artifacts) -> None:
+    crew = loop_peers.scene_crew(room)
+    scene, camera = crew.scene, crew.camera
+    page = open_page(room, "expert", name="Dr Arrow")
+    wait_drawing_ready(page)
+    wrist = scene.landmarks_world_m["left_wrist"]
+    elbow = scene.landmarks_world_m["left_elbow"]
+    # Standing at the patient's left, looking down at the forearm.
+    T1 = look_at((wrist + elbow) / 2 + np.array([-0.1, 0.5, 0.3]), (wrist + elbow) / 2)
+    move_camera(page, camera, T1)
+    page.click("button[data-tool=arrow]")
+    start = css_point(page, pixel_norm(elbow, T1, camera.intrinsics))
+    end = css_point(page, pixel_norm(wrist, T1, camera.intrinsics))
+    drag(page, start, end)
+
+    (annotation,) = wait_for_annotation(loop_peers, crew.client)
+    assert annotation["kind"] == "arrow" and annotation["author_name"] == "Dr Arrow"
+    tip = np.array(annotation["points_world_m"][-1])
+    truth = surface_point_under(scene_map, uv_of_css(page, *end), T1, camera.intrinsics)
+    assert np.linalg.norm(tip - truth) <= 0.005
+    assert annotation["anchoring"][-1] == 0  # on the map
+
+    page.wait_for_function("(id) => window.goldenhour.telestration.annotations.has(id)",
+                           arg=annotation["annotation_id"])
+    # The paramedic moves; the page re-projects the arrow with the new frames' pose.
+    T2 = look_at(wrist + np.array([-0.25, 0.45, 0.3]), wrist)
+    move_camera(page, camera, T2)
+    projection = page.evaluate("() => window.goldenhour.telestration.lastProjection")
+    drawn_tip = np.array(projection["shapes"][annotation["annotation_id"]][-1])
+    expected_tip, _ = project(truth[None, :], T2, camera.intrinsics)
+    assert np.linalg.norm(drawn_tip - expected_tip[0]) <= 3.0
+    page.screenshot(path=str(artifacts / "console.png"))
+    if os.environ.get("GOLDENHOUR_UPDATE_DOCS") == "1":
+        shutil.copy(artifacts / "console.png", DOCS_SCREENSHOT)
+
+
+def test_second_expert_sees_the_first_experts_annotation_live(room, open_page, loop_peers) -> None:
+    crew = loop_peers.scene_crew(room)
+    first = open_page(room, "expert", name="Dr One")
+    second = open_page(room, "expert", name="Dr Two")
+    wait_drawing_ready(first)
+    wait_drawing_ready(second)
+    first.bring_to_front()
+    first.click("button[data-tool=ellipse]")
+    sternum = pixel_norm(crew.scene.landmarks_world_m["sternum"], crew.camera.pose, crew.camera.intrinsics)
+    drag(first, css_point(first, sternum - 0.04), css_point(first, sternum + 0.04))
+    second.wait_for_function("() => window.goldenhour.telestration.annotations.size === 1")
+    seen = second.evaluate("() => [...window.goldenhour.telestration.annotations.values()][0]")
+    own = first.evaluate("() => [...window.goldenhour.telestration.annotations.values()][0]")
+    assert seen["author_name"] == "Dr One" and seen["kind"] == "ellipse"
+    assert seen["annotation_id"] == own["annotation_id"] and seen["color"] == own["color"]
+    assert any(m["name"] == "area" and m["unit"] == "mm²" for m in seen["measurements"])
+
+
+def test_freeze_frame_annotation_anchors_against_the_frozen_frame(
+        room, open_page, loop_peers, scene_map) -> None:
+    crew = loop_peers.scene_crew(room)
+    camera = crew.camera
+    page = open_page(room, "expert", name="Dr Freeze")
+    wait_drawing_ready(page)
+    T1 = camera.pose
+    assert page.evaluate("() => window.goldenhour.telestration.freeze()")
+    page.evaluate("() => window.goldenhour.telestration.frozenAck")
+    # The camera moves on while the expert draws on the frozen frame.
+    sternum = crew.scene.landmarks_world_m["sternum"]
+    camera.set_pose(look_at(sternum + np.array([0.3, 0.5, -0.3]), sternum))
+    loop_peers.run(camera.new_pose_sent.wait(), 10)
+    page.click("button[data-tool=point]")
+    target = css_point(page, pixel_norm(crew.scene.landmarks_world_m["umbilicus"], T1, camera.intrinsics))
+    page.mouse.click(*target)
+    (annotation,) = wait_for_annotation(loop_peers, crew.client)
+    truth = surface_point_under(scene_map, uv_of_css(page, *target), T1, camera.intrinsics)
+    assert np.linalg.norm(np.array(annotation["points_world_m"][0]) - truth) <= 0.005
+    frozen_rtp = page.evaluate("() => window.goldenhour.telestration.lastProjection.rtpTimestamp")
+    assert annotation["rtp_timestamp"] == frozen_rtp
+
+
+def test_bad_annotations_from_the_page_are_refused_and_change_nothing(room, open_page, loop_peers) -> None:
+    crew = loop_peers.scene_crew(room)
+    page = open_page(room, "expert", name="Dr Mallory")
+    wait_drawing_ready(page)
+    page.click("button[data-tool=point]")
+    page.mouse.click(*css_point(page, [0.5, 0.5]))
+    wait_for_annotation(loop_peers, crew.client)
+    errors = page.evaluate("""async () => {
+        const g = window.goldenhour;
+        const frame = g.telestration.lastProjection.rtpTimestamp;
+        const producer = g.currentTrack().producer_id;
+        const base = {type: 'annotate', producer_id: producer, rtp_timestamp: frame, kind: 'stroke'};
+        const attempts = [
+            {...base, points: Array.from({length: 3000}, (_, i) => [i / 3000, 0.5])},
+            {...base, points: [[0.2, 0.2], [NaN, 0.3]]},
+            {...base, points: [[0.2, 0.2], [0.3, 0.3]], author_name: 'Dr Forged'},
+            {...base, points: [[0.2, 0.2], [0.3, 0.3]], rtp_timestamp: (frame + 45000) % 2 ** 32},
+        ];
+        const out = [];
+        for (const attempt of attempts) {
+            try { await g.request(attempt); out.push('accepted'); }
+            catch (error) { out.push(String(error.message)); }
+        }
+        return out;
+    }""")
+    assert "points" in errors[0] and "invalid_field" in errors[0]
+    assert "invalid_field" in errors[1]  # JSON turns NaN into null: not a number
+    assert "author_name" in errors[2]
+    assert errors[3].startswith("no_pose")
+    assert len(crew.client.annotations) == 1
+    assert page.evaluate("() => window.goldenhour.telestration.annotations.size") == 1
+    assert page.evaluate("() => window.goldenhour.joined")
