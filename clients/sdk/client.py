@@ -126,6 +126,10 @@ class GoldenHourClient:
             if pc is not None:
                 await pc.close()
 
+    async def request_guidance(self, reason: str | None = None) -> dict:
+        """Ask for an expert: the lobby pages alert (crew only)."""
+        return await self.request({"type": "request_guidance", "reason": reason})
+
     async def send_raw(self, frame: bytes | str) -> None:
         """Send a frame as is (tests of the server's input validation use this)."""
         assert self._ws is not None
@@ -182,6 +186,9 @@ class GoldenHourClient:
                 elif message.get("type") != "subscribe_offer":
                     if message.get("type") == "annotation":  # our own, anchored
                         self.annotations[message["annotation_id"]] = message
+                    elif message.get("type") == "annotations_removed":
+                        for annotation_id in message["annotation_ids"]:
+                            self.annotations.pop(annotation_id, None)
                     future.set_result(message)
                     continue
             kind = message.get("type")

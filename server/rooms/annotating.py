@@ -84,6 +84,11 @@ class RoomAnnotations:
         for peer in self._room.peers:
             peer.notify(message)
 
+    def _tell_others(self, sender: Peer, message: m._Message) -> None:
+        for peer in self._room.peers:
+            if peer is not sender:
+                peer.notify(message)
+
     async def handle(self, peer: Peer, message: m._Message) -> m._Message | None:
         """Handle one annotation message; returns the reply for the sender (if any)."""
         try:
@@ -92,15 +97,13 @@ class RoomAnnotations:
             if isinstance(message, m.FreezeFrame):
                 self._frozen[peer.id] = self._pose(message.producer_id, message.rtp_timestamp, None, "freeze_frame")
                 return m.FrameFrozen(producer_id=message.producer_id, rtp_timestamp=message.rtp_timestamp)
-            if isinstance(message, m.AnnotationDelete):
-                removed = [self.service.remove(peer.id, message.annotation_id)]
-                self._broadcast(m.AnnotationsRemoved(annotation_ids=removed, by_peer_id=peer.id))
-                return None
-            if isinstance(message, m.AnnotationClear):
-                removed = self.service.clear(peer.id)
-                reply = m.AnnotationsRemoved(annotation_ids=removed, by_peer_id=peer.id)
-                self._broadcast(reply)
-                return None
+            if isinstance(message, (m.AnnotationDelete, m.AnnotationClear)):
+                if isinstance(message, m.AnnotationDelete):
+                    removed = [self.service.remove(peer.id, message.annotation_id)]
+                else:
+                    removed = self.service.clear(peer.id)
+                self._tell_others(peer, m.AnnotationsRemoved(annotation_ids=removed, by_peer_id=peer.id))
+                return m.AnnotationsRemoved(annotation_ids=removed, by_peer_id=peer.id)
             if isinstance(message, m.Laser):
                 await self._laser(peer, message)
                 return None
@@ -171,10 +174,7 @@ class RoomAnnotations:
             author, crew_peer_id, message.producer_id, frame, message.kind, message.points,
             text=message.text, client_ref=message.client_ref,
         )
-        info = annotation_message(annotation)
-        for other in self._room.peers:
-            if other is not peer:
-                other.notify(info)
+        self._tell_others(peer, annotation_message(annotation))
         log.info("annotation anchored", extra={"room": self._room.name, "annotation": annotation.annotation_id,
                                                "kind": annotation.kind.value, "anchor_ms": round(annotation.anchor_ms, 2)})
         reply = annotation_message(annotation)

@@ -229,3 +229,29 @@ def test_bad_annotations_from_the_page_are_refused_and_change_nothing(room, open
     assert len(crew.client.annotations) == 1
     assert page.evaluate("() => window.goldenhour.telestration.annotations.size") == 1
     assert page.evaluate("() => window.goldenhour.joined")
+
+
+LOBBY_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "lobby.png"
+
+
+def test_lobby_alerts_on_a_guidance_request_and_one_click_joins(room, open_page, loop_peers, artifacts) -> None:
+    crew = loop_peers.crew(room)
+    lobby = open_page.blank("/app/lobby.html", label="lobby")
+    lobby.wait_for_function("() => window.goldenhourLobby.watching")
+    lobby.fill("#expert-name", "Dr Lobby")
+    lobby.wait_for_function("(room) => window.goldenhourLobby.rooms.some((r) => r.room === room)", arg=room)
+    assert lobby.locator("#alert").is_hidden()
+    reply = loop_peers.run(crew.client.request_guidance("suspected stroke, 64 y"))
+    assert reply["type"] == "guidance_requested" and reply["room"] == room
+    lobby.wait_for_function("() => window.goldenhourLobby.alerts === 1")
+    alert = lobby.locator("#alert")
+    assert alert.is_visible()
+    assert "Simulated crew" in alert.inner_text() and "suspected stroke" in alert.inner_text()
+    assert lobby.evaluate("() => window.goldenhourLobby.beeps") == 1
+    lobby.screenshot(path=str(artifacts / "lobby.png"))
+    if os.environ.get("GOLDENHOUR_UPDATE_DOCS") == "1":
+        shutil.copy(artifacts / "lobby.png", LOBBY_SCREENSHOT)
+    lobby.click("#alert a.join-alert")
+    lobby.wait_for_function("() => window.goldenhour && window.goldenhour.joined")
+    assert lobby.evaluate("() => [window.goldenhour.room, window.goldenhour.role, window.goldenhour.name]") \
+        == [room, "expert", "Dr Lobby"]

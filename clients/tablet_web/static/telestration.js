@@ -115,7 +115,7 @@ export class Telestration {
   async undo() {
     const last = this.#undo.pop();
     if (!last) return;
-    await this.#api.request({ type: "annotation_delete", annotation_id: last.annotation_id });
+    this.onMessage(await this.#api.request({ type: "annotation_delete", annotation_id: last.annotation_id }));
     this.#redo.push(last);
   }
 
@@ -127,12 +127,12 @@ export class Telestration {
   }
 
   async remove(annotationId) {
-    await this.#api.request({ type: "annotation_delete", annotation_id: annotationId });
+    this.onMessage(await this.#api.request({ type: "annotation_delete", annotation_id: annotationId }));
     this.#undo = this.#undo.filter((a) => a.annotation_id !== annotationId);
   }
 
   async clearMine() {
-    await this.#api.request({ type: "annotation_clear" });
+    this.onMessage(await this.#api.request({ type: "annotation_clear" }));
     this.#undo = [];
     this.#redo = [];
   }

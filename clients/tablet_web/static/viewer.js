@@ -566,6 +566,13 @@ async function main() {
   render();
 
   if (role !== "crew") startTelestration(signaling);
+  else {
+    const button = $("request-guidance");
+    button.hidden = false;
+    button.onclick = () => signaling.request({ type: "request_guidance" })
+      .then(() => { button.textContent = "Guidance requested"; })
+      .catch((error) => reportError("request guidance", error));
+  }
   setInterval(pollStats, STATS_INTERVAL_MS);
   if (localStream) await publish(signaling, localStream, joined.ice_servers);
 }

@@ -1,0 +1,97 @@
+"""Annotations over real signaling and aiortc peers: anchoring against a crew inside
+the synthetic ambulance, who may do what, late joiners, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clients.hololens_bridge.scene_crew import SceneCrew
+from clients.sdk.client import ServerError
+from tests.conftest import World
+from vision.camera import norm_from_px, project
+
+
+async def scene_crew(world: World, room: str) -> SceneCrew:
+    crew = SceneCrew(world.client("crew", "medic", room, create=True), width=320, height=180)
+    await crew.start()
+    await crew.client.wait_until(lambda: crew.poses_sent > 0, 20)
+    return crew
+
+
+async def latest_frame(crew: SceneCrew, expert) -> tuple[str, int, np.ndarray]:
+    """(producer_id, rtp_timestamp, pose) of a frame whose pose reached the expert."""
+    await expert.wait_until(lambda: any(m.get("type") == "pose" for m in expert.data_messages), 20)
+    pose = [m for m in expert.data_messages if m.get("type") == "pose"][-1]
+    return pose["producer_id"], pose["rtp_timestamp"], np.array(pose["T_world_camera"]).reshape(4, 4)
+
+
+def uv_of(point_world_m, T, intrinsics) -> list[float]:
+    uv_px, _ = project(np.asarray(point_world_m)[None, :], T, intrinsics)
+    return norm_from_px(uv_px, intrinsics)[0].tolist()
+
+
+async def test_point_on_the_sternum_is_anchored_and_every_peer_hears_it(world: World):
+    crew = await scene_crew(world, "ann-1")
+    expert = await world.expert("Dr Ann", room="ann-1")
+    producer_id, rtp, T = await latest_frame(crew, expert)
+    sternum = crew.scene.landmarks_world_m["sternum"]
+    reply = await expert.request({"type": "annotate", "producer_id": producer_id, "rtp_timestamp": rtp,
+                                  "kind": "point", "points": [uv_of(sternum, T, crew.camera.intrinsics)]})
+    assert reply["type"] == "annotation" and reply["author_name"] == "Dr Ann"
+    assert np.linalg.norm(np.array(reply["points_world_m"][0]) - sternum) < 0.002
+    assert reply["anchoring"] == [0] and reply["crew_peer_id"] == crew.client.state.peer_id
+    await crew.client.wait_until(lambda: reply["annotation_id"] in crew.client.annotations)
+
+    late = await world.expert("Dr Late", room="ann-1")
+    await late.wait_until(lambda: reply["annotation_id"] in late.annotations)
+    assert late.annotations[reply["annotation_id"]]["points_world_m"] == reply["points_world_m"]
+
+
+async def test_only_authors_delete_observers_do_not_draw_and_experts_send_no_map(world: World):
+    crew = await scene_crew(world, "ann-2")
+    ada = await world.expert("Ada", room="ann-2")
+    bob = await world.expert("Bob", room="ann-2")
+    observer = world.client("observer", "Olga", "ann-2")
+    await observer.connect()
+    producer_id, rtp, _ = await latest_frame(crew, ada)
+    mine = await ada.request({"type": "annotate", "producer_id": producer_id, "rtp_timestamp": rtp,
+                              "kind": "point", "points": [[0.5, 0.5]]})
+    with pytest.raises(ServerError, match="only its author"):
+        await bob.request({"type": "annotation_delete", "annotation_id": mine["annotation_id"]})
+    with pytest.raises(ServerError, match="observers watch"):
+        await observer.request({"type": "annotate", "producer_id": producer_id, "rtp_timestamp": rtp,
+                                "kind": "point", "points": [[0.5, 0.5]]})
+    with pytest.raises(ServerError, match="only a crew sends its spatial map"):
+        await ada.request({"type": "map_block", "block_id": "x", "vertices": [0.0] * 9,
+                           "triangles": [0, 1, 2]})
+    theirs = await bob.request({"type": "annotate", "producer_id": producer_id, "rtp_timestamp": rtp,
+                                "kind": "point", "points": [[0.4, 0.5]]})
+    await ada.wait_until(lambda: theirs["annotation_id"] in ada.annotations)
+    cleared = await ada.request({"type": "annotation_clear"})
+    assert cleared["annotation_ids"] == [mine["annotation_id"]]
+    await bob.wait_until(lambda: mine["annotation_id"] not in bob.annotations)
+    assert list(bob.annotations) == [theirs["annotation_id"]]
+    assert list(ada.annotations) == [theirs["annotation_id"]]
+
+
+async def test_bad_annotations_are_refused_by_name_and_change_nothing(world: World):
+    crew = await scene_crew(world, "ann-3")
+    expert = await world.expert("Dr Bad", room="ann-3")
+    producer_id, rtp, _ = await latest_frame(crew, expert)
+    base = {"type": "annotate", "producer_id": producer_id, "rtp_timestamp": rtp, "kind": "stroke"}
+    cases = [
+        ({**base, "points": [[0.1, 0.1]] * 3000}, "points"),
+        ({**base, "points": [[0.1, 0.1], [float("nan"), 0.2]]}, r"\$\.points\[1\]\[0\]"),
+        ({**base, "points": [[0.1, 0.1], [0.2, 0.2]], "author_name": "Dr Forged"}, "author_name"),
+        ({**base, "points": [[0.1, 0.1], [0.2, 0.2]], "rtp_timestamp": (rtp + 90_000 * 60) % 2**32}, "no camera pose"),
+        ({**base, "points": [[0.1, 0.1], [0.2, 0.2]], "producer_id": "nope"}, "no video track 'nope'"),
+        ({**base, "points": [[0.1, 0.1], [0.2, 0.2]], "kind": "scribble"}, "kind"),
+    ]
+    for message, expected in cases:
+        with pytest.raises(ServerError, match=expected):
+            await expert.request(message)
+    assert expert.annotations == {} and crew.client.annotations == {}
+    # The connection and the room carry on.
+    ok = await expert.request({**base, "points": [[0.4, 0.5], [0.6, 0.5]]})
+    assert ok["type"] == "annotation"
