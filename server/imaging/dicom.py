@@ -36,6 +36,13 @@ def _float(value: object) -> float | None:
         return None
 
 
+def _first_float(value: object) -> float | None:
+    """A number, or the first of a multi-valued one (one ratio per lossy step)."""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        value = value[0] if len(value) else None
+    return _float(value)
+
+
 @dataclass(frozen=True)
 class DicomImage:
     """What the gates need to know about one DICOM image (single or multi-frame)."""
@@ -58,6 +65,9 @@ class DicomImage:
     rescale_intercept: float = 0.0
     #: Frames per second of a cine, when the file says.
     fps: float | None = None
+    #: LossyImageCompression is "01": the pixels were altered by a lossy codec.
+    lossy: bool = False
+    lossy_ratio: float | None = None
     description: str = ""
     _dataset: pydicom.Dataset = field(repr=False, compare=False, default=None)  # type: ignore
 
@@ -132,6 +142,8 @@ def read_dicom(path: Path | str) -> DicomImage:
             rescale_slope=_float(ds.get("RescaleSlope")) or 1.0,
             rescale_intercept=_float(ds.get("RescaleIntercept")) or 0.0,
             fps=fps,
+            lossy=str(ds.get("LossyImageCompression", "")).strip() == "01",
+            lossy_ratio=_first_float(ds.get("LossyImageCompressionRatio")),
             description=" ".join(str(ds.get(k, "")) for k in ("StudyDescription",
                                                                "SeriesDescription")).strip(),
             _dataset=ds)

@@ -91,6 +91,9 @@ class HeadCtGate(msgspec.Struct, tag="head_ct", forbid_unknown_fields=True):
 
     body_parts: list[str] = msgspec.field(default_factory=lambda: ["HEAD", "BRAIN", "SKULL"])
     max_tilt_deg: Positive = 30.0
+    #: Lossy compression alters Hounsfield values; above this ratio (or of an
+    #: unstated ratio) a slice is refused.
+    max_lossy_ratio: Positive = 15.0
     pixel_spacing_mm: tuple[Positive, Positive] = (0.2, 1.5)
     head_width_mm: tuple[Positive, Positive] = (110.0, 210.0)
     head_length_mm: tuple[Positive, Positive] = (130.0, 250.0)

@@ -65,6 +65,10 @@ def check_head_ct(image: DicomImage, gate: HeadCtGate) -> CtSlice:
         raise Refused(f"photometric interpretation {image.photometric or 'missing'}: a CT slice "
                       f"in Hounsfield units is MONOCHROME2 (this looks like a picture of a "
                       f"scan, not a scan)")
+    if image.lossy and (image.lossy_ratio is None or image.lossy_ratio > gate.max_lossy_ratio):
+        ratio = f"{image.lossy_ratio:.0f}:1" if image.lossy_ratio else "an unstated ratio"
+        raise Refused(f"lossy-compressed at {ratio} (at most {gate.max_lossy_ratio:.0f}:1): its "
+                      f"Hounsfield values have been altered")
     if image.frames != 1:
         raise Refused(f"{image.frames} frames in one object (enhanced multi-frame CT): send "
                       f"single-frame axial slices")
@@ -118,7 +122,7 @@ def check_head_hu(hu: np.ndarray, pixel_spacing_mm: tuple[float, float], gate: H
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     mask = (labels == largest).astype(np.uint8)
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    (_, _), (w_px, h_px), angle = cv2.minAreaRect(max(contours, key=cv2.contourArea))
+    (_, _), (w_px, h_px), _ = cv2.minAreaRect(max(contours, key=cv2.contourArea))
     # Spacing is nearly isotropic for CT; use the mean for the rotated box.
     mm = 0.5 * (pixel_spacing_mm[0] + pixel_spacing_mm[1])
     width_mm, length_mm = sorted((w_px * mm, h_px * mm))
