@@ -70,6 +70,7 @@ class SceneCameraTrack(MediaStreamTrack):
         self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scene-render")
         self._start: float | None = None
         self._rtp_origin: int | None = None
+        self._first_pts: int | None = None
         self.frame_count = 0
         self._last_frame_id = -1
         #: pts (90 kHz) -> (frame_id, capture_ms, T_world_camera) of recent frames
@@ -88,9 +89,16 @@ class SceneCameraTrack(MediaStreamTrack):
 
     def frame_of_rtp(self, timestamp: int) -> tuple[int, int, np.ndarray] | None:
         """(frame_id, capture_ms, T_world_camera) of the frame an outgoing RTP
-        timestamp belongs to (see SyntheticCameraTrack.frame_of_rtp)."""
+        timestamp belongs to (see SyntheticCameraTrack.frame_of_rtp).
+
+        aiortc sends pts plus a random origin. The first frame's pts is not 0
+        here (frames are numbered by the wall clock, and the first rendering
+        takes a while), so the origin is the first timestamp minus that pts;
+        assuming 0 paired every frame with an earlier frame's pose."""
         if self._rtp_origin is None:
-            self._rtp_origin = timestamp
+            if self._first_pts is None:
+                return None
+            self._rtp_origin = (timestamp - self._first_pts) & 0xFFFFFFFF
         interval = VIDEO_CLOCK_RATE // self.fps
         pts = round(((timestamp - self._rtp_origin) & 0xFFFFFFFF) / interval) * interval
         return self.captured.get(pts)
@@ -123,6 +131,8 @@ class SceneCameraTrack(MediaStreamTrack):
         pts = frame_id * (VIDEO_CLOCK_RATE // self.fps)
         frame.pts = pts
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+        if self._first_pts is None:
+            self._first_pts = pts
         self.captured[pts] = (frame_id, capture_ms, self._rendered_pose)
         if len(self.captured) > 300:
             del self.captured[next(iter(self.captured))]

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 _RTP_SLACK_TICKS = 2
 #: Laser points per second per peer; more are dropped (it is a pointer, not a record).
 _LASER_RATE_HZ = 30
+#: How long an annotation waits for its frame's pose, which travels on the data
+#: channel and may arrive after the frame itself was shown.
+_POSE_WAIT_S = 0.5
 
 
 def annotation_message(annotation: Annotation) -> m.AnnotationInfo:
@@ -95,7 +98,7 @@ class RoomAnnotations:
             if isinstance(message, m.Annotate):
                 return await self._annotate(peer, message)
             if isinstance(message, m.FreezeFrame):
-                self._frozen[peer.id] = self._pose(message.producer_id, message.rtp_timestamp, None, "freeze_frame")
+                self._frozen[peer.id] = await self._pose(message.producer_id, message.rtp_timestamp, None, "freeze_frame")
                 return m.FrameFrozen(producer_id=message.producer_id, rtp_timestamp=message.rtp_timestamp)
             if isinstance(message, (m.AnnotationDelete, m.AnnotationClear)):
                 if isinstance(message, m.AnnotationDelete):
@@ -131,30 +134,28 @@ class RoomAnnotations:
         if peer.role != "crew":
             raise AnnotationRefused("forbidden", f"{what}: only a crew sends its spatial map")
 
-    def _pose(self, producer_id: str, rtp_timestamp: int, peer_id: str | None, what: str) -> m.CameraPose:
-        history = self._room.pose_history(producer_id)
-        if history is not None:
-            for delta in range(_RTP_SLACK_TICKS + 1):
-                for candidate in ((rtp_timestamp + delta) & 0xFFFFFFFF, (rtp_timestamp - delta) & 0xFFFFFFFF):
-                    pose = history.get(candidate)
-                    if pose is not None:
-                        return pose
+    async def _pose(self, producer_id: str, rtp_timestamp: int, peer_id: str | None, what: str) -> m.CameraPose:
         frozen = self._frozen.get(peer_id) if peer_id is not None else None
         if frozen is not None and frozen.producer_id == producer_id and abs(
             ((frozen.rtp_timestamp - rtp_timestamp + 2**31) & 0xFFFFFFFF) - 2**31
         ) <= _RTP_SLACK_TICKS:
             return frozen
+        history = self._room.pose_history(producer_id)
+        if history is not None:
+            pose = await history.wait_for(rtp_timestamp, _RTP_SLACK_TICKS, _POSE_WAIT_S)
+            if pose is not None:
+                return pose
         raise AnnotationRefused(
             "no_pose",
             f"{what}: no camera pose for RTP timestamp {rtp_timestamp} of track {producer_id!r} "
             "(the server keeps the last 300 frames' poses, and the frame an expert froze)",
         )
 
-    def _frame(self, producer_id: str, rtp_timestamp: int, what: str, peer_id: str | None = None) -> tuple[str, FramePose]:
+    async def _frame(self, producer_id: str, rtp_timestamp: int, what: str, peer_id: str | None = None) -> tuple[str, FramePose]:
         producer = next((p for p in self._room.router.producers if p.id == producer_id), None)
         if producer is None or producer.kind != "video":
             raise AnnotationRefused("not_found", f"{what}: no video track {producer_id!r} in this room")
-        pose = self._pose(producer_id, rtp_timestamp, peer_id, what)
+        pose = await self._pose(producer_id, rtp_timestamp, peer_id, what)
         try:
             intrinsics = Intrinsics(
                 pose.intrinsics.width, pose.intrinsics.height, pose.intrinsics.fx, pose.intrinsics.fy,
@@ -168,7 +169,7 @@ class RoomAnnotations:
     async def _annotate(self, peer: Peer, message: m.Annotate) -> m.AnnotationInfo:
         if peer.role == "observer":
             raise AnnotationRefused("forbidden", "annotate: observers watch; they do not draw")
-        crew_peer_id, frame = self._frame(message.producer_id, message.rtp_timestamp, "annotate", peer.id)
+        crew_peer_id, frame = await self._frame(message.producer_id, message.rtp_timestamp, "annotate", peer.id)
         author = self.service.author(peer.id, peer.name)
         annotation = await self.service.anchor(
             author, crew_peer_id, message.producer_id, frame, message.kind, message.points,
@@ -188,7 +189,7 @@ class RoomAnnotations:
         if now - self._laser_at.get(peer.id, -1.0) < 1.0 / _LASER_RATE_HZ:
             return
         self._laser_at[peer.id] = now
-        crew_peer_id, frame = self._frame(message.producer_id, message.rtp_timestamp, "laser", peer.id)
+        crew_peer_id, frame = await self._frame(message.producer_id, message.rtp_timestamp, "laser", peer.id)
         author = self.service.author(peer.id, peer.name)
         try:  # one ray: cheap enough for the event loop
             anchored = anchor_shape(Shape.checked("point", [message.point]), frame.T_world_camera,

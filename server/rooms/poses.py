@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 
 from server.signaling.messages import CameraPose
@@ -18,6 +19,7 @@ class PoseHistory:
     def __init__(self, capacity: int = 300) -> None:
         self._capacity = capacity
         self._poses: OrderedDict[int, CameraPose] = OrderedDict()
+        self._arrived = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._poses)
@@ -27,6 +29,9 @@ class PoseHistory:
         self._poses.move_to_end(pose.rtp_timestamp)
         while len(self._poses) > self._capacity:
             self._poses.popitem(last=False)
+        # Wake whoever waits for a pose that had not arrived yet.
+        self._arrived.set()
+        self._arrived = asyncio.Event()
 
     def get(self, rtp_timestamp: int) -> CameraPose | None:
         return self._poses.get(rtp_timestamp)
@@ -35,3 +40,30 @@ class PoseHistory:
         if not self._poses:
             return None
         return next(reversed(self._poses.values()))
+
+    def find(self, rtp_timestamp: int, slack: int = 0) -> CameraPose | None:
+        """The pose at this RTP timestamp, or within `slack` ticks of it."""
+        for delta in range(slack + 1):
+            for candidate in ((rtp_timestamp + delta) & 0xFFFFFFFF, (rtp_timestamp - delta) & 0xFFFFFFFF):
+                pose = self._poses.get(candidate)
+                if pose is not None:
+                    return pose
+        return None
+
+    async def wait_for(self, rtp_timestamp: int, slack: int, timeout_s: float) -> CameraPose | None:
+        """The pose at this RTP timestamp, waiting up to `timeout_s` for it to arrive.
+
+        Video and poses travel separately (RTP and the SCTP data channel), so an
+        expert can draw on a frame whose pose reaches the server a little later.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while (pose := self.find(rtp_timestamp, slack)) is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return None
+        return pose

@@ -151,6 +151,9 @@ def test_arrow_drawn_in_the_browser_lands_on_the_patient_and_stays_there(
     drawn_tip = np.array(projection["shapes"][annotation["annotation_id"]][-1])
     expected_tip, _ = project(truth[None, :], T2, camera.intrinsics)
     assert np.linalg.norm(drawn_tip - expected_tip[0]) <= 3.0
+    # Every displayed frame's painted frame number matches the frame its pose names.
+    state = page.evaluate("() => ({matched: window.goldenhour.posesMatched, wrong: window.goldenhour.poseMismatches})")
+    assert state["matched"] > 0 and state["wrong"] == []
     page.screenshot(path=str(artifacts / "console.png"))
     if os.environ.get("GOLDENHOUR_UPDATE_DOCS") == "1":
         shutil.copy(artifacts / "console.png", DOCS_SCREENSHOT)
