@@ -95,3 +95,33 @@ async def test_bad_annotations_are_refused_by_name_and_change_nothing(world: Wor
     # The connection and the room carry on.
     ok = await expert.request({**base, "points": [[0.4, 0.5], [0.6, 0.5]]})
     assert ok["type"] == "annotation"
+
+
+async def test_points_hidden_behind_the_patient_are_reported_occluded(world: World):
+    from vision.camera import look_at
+
+    crew = await scene_crew(world, "ann-4")
+    expert = await world.expert("Dr Occlusion", room="ann-4")
+    shoulder = crew.scene.landmarks_world_m["left_shoulder"]
+    crew.camera.set_pose(look_at(shoulder + np.array([0.0, 0.45, 0.35]), shoulder))
+    await crew.camera.new_pose_sent.wait()
+    await expert.wait_until(lambda: any(
+        m.get("type") == "pose" and np.allclose(m["T_world_camera"], crew.camera.pose.reshape(-1))
+        for m in expert.data_messages[-10:]), 20)
+    pose = [m for m in expert.data_messages if m.get("type") == "pose"][-1]
+    T = np.array(pose["T_world_camera"]).reshape(4, 4)
+    point = await expert.request({"type": "annotate", "producer_id": pose["producer_id"],
+                                  "rtp_timestamp": pose["rtp_timestamp"], "kind": "point",
+                                  "points": [uv_of(shoulder, T, crew.camera.intrinsics)]})
+    annotation_id = point["annotation_id"]
+
+    def occluded_now() -> bool | None:
+        visibility = expert.last_visibility
+        if visibility is None or annotation_id not in visibility["occluded"]:
+            return None
+        return visibility["occluded"][annotation_id] == [[0, 1]]
+
+    await expert.wait_until(lambda: occluded_now() is False, 10)  # seen from where it was drawn
+    # The paramedic crouches on the patient's right: the shoulder is behind the body.
+    crew.camera.set_pose(look_at(shoulder + np.array([0.0, 0.02, -0.9]), shoulder))
+    await expert.wait_until(lambda: occluded_now() is True, 20)

@@ -70,6 +70,8 @@ class GoldenHourClient:
         #: The room's anchored annotations as the server announced them, by id.
         self.annotations: dict[str, dict] = {}
         self.laser_points: list[dict] = []
+        #: The latest `annotation_visibility`: which anchored points a crew's camera cannot see.
+        self.last_visibility: dict | None = None
         self.on_track: Callable[[RemoteTrack], None] | None = None
         self.on_data: Callable[[dict], None] | None = None
         self.publish_pc: RTCPeerConnection | None = None
@@ -208,6 +210,8 @@ class GoldenHourClient:
                     self.annotations.pop(annotation_id, None)
             elif kind == "laser_point":
                 self.laser_points.append(message)
+            elif kind == "annotation_visibility":
+                self.last_visibility = message
             elif kind == "error" and future is None:
                 self.errors.append(message)
 

@@ -93,6 +93,11 @@ class AnnotationService:
         self._ids = itertools.count(1)
         self._max = max_annotations
 
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The worker thread for geometry work (anchoring, map rebuilds, visibility)."""
+        return self._executor
+
     def close(self) -> None:
         if self._owns_executor:
             self._executor.shutdown(wait=False, cancel_futures=True)

@@ -8,6 +8,7 @@ the crew sent for the frame it was drawn on, found by RTP timestamp.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from server.annotations.service import AnnotationRefused, AnnotationService, Ann
 from server.signaling import messages as m
 from vision.anchoring import Shape, anchor_shape
 from vision.camera import Intrinsics, check_pose
+from vision.reprojection import reproject
 
 if TYPE_CHECKING:
     from server.rooms.peer import Peer
@@ -32,6 +34,16 @@ _LASER_RATE_HZ = 30
 #: How long an annotation waits for its frame's pose, which travels on the data
 #: channel and may arrive after the frame itself was shown.
 _POSE_WAIT_S = 0.5
+#: How often the room works out which annotation points a crew's camera cannot
+#: see (occlusion changes as fast as the wearer moves; 5 Hz is plenty for dashes).
+_VISIBILITY_INTERVAL_S = 0.2
+
+
+def _runs(flags: np.ndarray) -> list[list[int]]:
+    """[start, end) runs of True in a boolean array."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return edges.reshape(-1, 2).tolist()
 
 
 def annotation_message(annotation: Annotation) -> m.AnnotationInfo:
@@ -69,9 +81,58 @@ class RoomAnnotations:
         self._laser_at: dict[str, float] = {}
         #: Per expert, the pose of the frame they froze (outlives the 10 s history).
         self._frozen: dict[str, m.CameraPose] = {}
+        self._visibility_at: dict[str, float] = {}
+        self._visibility_busy: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
 
     def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
         self.service.close()
+
+    def on_pose(self, crew_peer_id: str, pose: m.CameraPose) -> None:
+        """A crew's frame pose arrived: now and then, tell the room which annotation
+        points that camera cannot see (peers draw those dashed)."""
+        producer_id = pose.producer_id or ""
+        now = time.monotonic()
+        if (now - self._visibility_at.get(producer_id, -1e9) < _VISIBILITY_INTERVAL_S
+                or producer_id in self._visibility_busy):
+            return
+        annotations = [a for a in self.service.annotations if a.crew_peer_id == crew_peer_id]
+        if not annotations:
+            return
+        self._visibility_at[producer_id] = now
+        self._visibility_busy.add(producer_id)
+        task = asyncio.create_task(self._send_visibility(crew_peer_id, pose, annotations))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_visibility(self, crew_peer_id: str, pose: m.CameraPose, annotations: list[Annotation]) -> None:
+        producer_id = pose.producer_id or ""
+        try:
+            try:
+                T = check_pose(pose.T_world_camera)
+                k = pose.intrinsics
+                intrinsics = Intrinsics(k.width, k.height, k.fx, k.fy, k.cx, k.cy, tuple(k.distortion))
+            except ValueError:
+                return
+            snapshot = self.service.spatial_map(crew_peer_id).snapshot()
+
+            def work() -> dict[str, list[list[int]]]:
+                points = np.concatenate([a.anchored.points_world_m for a in annotations])
+                hidden = reproject(points, T, intrinsics, snapshot).occluded
+                out, start = {}, 0
+                for a in annotations:
+                    n = len(a.anchored.points_world_m)
+                    out[a.annotation_id] = _runs(hidden[start:start + n])
+                    start += n
+                return out
+
+            occluded = await asyncio.get_running_loop().run_in_executor(self.service.executor, work)
+            self._broadcast(m.AnnotationVisibility(producer_id=producer_id, rtp_timestamp=pose.rtp_timestamp,
+                                                   occluded=occluded))
+        finally:
+            self._visibility_busy.discard(producer_id)
 
     def forget(self, peer_id: str) -> None:
         """A peer left: drop what the room kept for it alone (its annotations stay)."""

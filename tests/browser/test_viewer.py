@@ -101,11 +101,24 @@ def test_expert_page_decodes_simulated_crew_frames_through_the_sfu(
                          ".getAudioTracks().length") == 1
 
     # The expert's fake microphone is published and reaches the crew.
-    assert state["microphone"] == "on"
+    assert state["microphone"] == "open"
     page.wait_for_function("() => window.goldenhour.publishing")
     expert_id = page.evaluate("() => window.goldenhour.peerId")
     loop_peers.run(crew.client.wait_for_track("audio", timeout=10, peer_id=expert_id))
     loop_peers.run(crew.client.wait_until(lambda: crew.audio_frames_heard > 0, timeout=10))
+    # Push-to-talk: with the open mic off, the microphone is muted until "talk" is held.
+    mic_enabled = ("() => window.goldenhour.publishPc.getSenders()"
+                   ".find((s) => s.track && s.track.kind === 'audio').track.enabled")
+    page.uncheck("#open-mic")
+    assert page.evaluate("() => window.goldenhour.microphone") == "push to talk"
+    assert page.evaluate(mic_enabled) is False
+    page.dispatch_event("#talk", "pointerdown")
+    assert page.evaluate(mic_enabled) is True
+    page.dispatch_event("#talk", "pointerup")
+    assert page.evaluate(mic_enabled) is False
+    # The link quality indicator reads getStats.
+    page.wait_for_function("() => window.goldenhour.quality && window.goldenhour.quality.level !== 'unknown'")
+    assert page.evaluate("() => window.goldenhour.quality.bitrateKbps") > 50
 
     # The pose relayed on the data channel for the displayed frame's RTP
     # timestamp is that very frame's pose.

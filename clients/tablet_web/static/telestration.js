@@ -45,6 +45,7 @@ export class Telestration {
     this.#canvas = canvas;
     this.#ctx = canvas.getContext("2d");
     this.annotations = new Map(); // annotation_id -> annotation message
+    this.hidden = new Map(); // annotation_id -> Set of point indices the camera cannot see
     this.lasers = new Map(); // author -> {point_world_m, color, until}
     // For tests and the status line: what the last drawn frame showed.
     this.lastProjection = { rtpTimestamp: null, poseFrameId: null, pose: null, shapes: {} };
@@ -99,6 +100,18 @@ export class Telestration {
       case "annotations_removed":
         for (const id of message.annotation_ids) this.annotations.delete(id);
         break;
+      case "annotation_visibility": {
+        // Points the crew's camera cannot see (behind the patient, say): dashed.
+        const hidden = new Map();
+        for (const [id, runs] of Object.entries(message.occluded)) {
+          const set = new Set();
+          for (const [start, end] of runs) for (let i = start; i < end; i++) set.add(i);
+          hidden.set(id, set);
+        }
+        this.hidden = hidden;
+        this.visibilityFrame = message.rtp_timestamp;
+        break;
+      }
       case "laser_point":
         this.lasers.set(message.author_peer_id, { ...message, until: performance.now() + 1500 });
         break;
@@ -299,7 +312,8 @@ export class Telestration {
       for (const annotation of this.annotations.values()) {
         const projected = projectPoints(annotation.points_world_m, pose.T_world_camera, pose.intrinsics);
         shapes[annotation.annotation_id] = projected.map((p) => [p.u, p.v]);
-        drawAnnotation(ctx, annotation, projected, rect, scale, pose.intrinsics);
+        drawAnnotation(ctx, annotation, projected, rect, scale, pose.intrinsics,
+                       this.hidden.get(annotation.annotation_id));
       }
       const now = performance.now();
       for (const [author, laser] of this.lasers) {
@@ -335,7 +349,7 @@ function onScreen(p, intrinsics) {
   return p.inFront && p.u >= -0.5 && p.v >= -0.5 && p.u <= intrinsics.width - 0.5 && p.v <= intrinsics.height - 0.5;
 }
 
-function drawAnnotation(ctx, annotation, projected, rect, scale, intrinsics) {
+function drawAnnotation(ctx, annotation, projected, rect, scale, intrinsics, hidden) {
   const color = annotation.color;
   ctx.strokeStyle = color;
   ctx.fillStyle = color;
@@ -347,19 +361,21 @@ function drawAnnotation(ctx, annotation, projected, rect, scale, intrinsics) {
     return;
   }
   const closed = annotation.kind === "ellipse" || annotation.kind === "polygon";
-  const fallback = annotation.anchoring.map((a) => a !== 0);
-  ctx.beginPath();
-  let pen = false;
+  // Solid where the point is on the map and in view; dashed where a fallback
+  // placed it (less certain) or the map hides it from this camera.
+  const uncertain = annotation.anchoring.map((a, i) => a !== 0 || (hidden?.has(i) ?? false));
   const order = closed ? [...projected.keys(), 0] : [...projected.keys()];
-  for (const i of order) {
-    if (!visible[i]) { pen = false; continue; }
-    const [x, y] = toCss(projected[i], rect, scale);
-    if (pen) ctx.lineTo(x, y); else ctx.moveTo(x, y);
-    pen = true;
+  for (const dashed of [false, true]) {
+    ctx.setLineDash(dashed ? [8, 6] : []);
+    ctx.beginPath();
+    for (let k = 1; k < order.length; k++) {
+      const a = order[k - 1], b = order[k];
+      if (!visible[a] || !visible[b] || (uncertain[a] || uncertain[b]) !== dashed) continue;
+      ctx.moveTo(...toCss(projected[a], rect, scale));
+      ctx.lineTo(...toCss(projected[b], rect, scale));
+    }
+    ctx.stroke();
   }
-  // Points placed by a fallback (not on the map) are drawn dashed: less certain.
-  ctx.setLineDash(fallback.some(Boolean) ? [8, 6] : []);
-  ctx.stroke();
   ctx.setLineDash([]);
   const last = projected[projected.length - 1];
   if (annotation.kind === "point" || annotation.kind === "label") {

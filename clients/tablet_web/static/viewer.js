@@ -102,6 +102,14 @@ function render() {
   }
   if (s.framesEncoded) parts.push(`${s.publishedVideoCodec ?? ""} ${s.framesEncoded} frames sent`);
   $("status").textContent = parts.join(" · ");
+  const q = state.quality;
+  const indicator = $("quality");
+  if (indicator && q) {
+    indicator.dataset.level = q.level;
+    indicator.textContent = q.level === "unknown" ? "link: measuring" :
+      `link ${q.level}: ${q.bitrateKbps.toFixed(0)} kbit/s · ` +
+      `RTT ${q.rttMs === null ? "?" : q.rttMs.toFixed(0)} ms · loss ${q.lossPercent.toFixed(1)}%`;
+  }
   renderAnnotationList();
   const code = state.lastFrameCode;
   if (code) {
@@ -225,11 +233,45 @@ function codecOf(report, codecId) {
   return codecId ? report.get(codecId)?.mimeType ?? null : null;
 }
 
+// Connection quality from getStats: receive bitrate, round-trip time of the
+// selected candidate pair, and packet loss, over the last polling interval.
+const qualityWindow = { bytes: 0, lost: 0, received: 0, at: 0 };
+
+function qualityFrom(report) {
+  let bytes = 0, lost = 0, received = 0, rttMs = null;
+  for (const entry of report.values()) {
+    if (entry.type === "inbound-rtp") {
+      bytes += entry.bytesReceived ?? 0;
+      lost += entry.packetsLost ?? 0;
+      received += entry.packetsReceived ?? 0;
+    }
+    if (entry.type === "candidate-pair" && entry.nominated && entry.state === "succeeded" &&
+        entry.currentRoundTripTime !== undefined) {
+      rttMs = entry.currentRoundTripTime * 1000;
+    }
+  }
+  const now = performance.now();
+  const dt = (now - qualityWindow.at) / 1000;
+  const quality = { bitrateKbps: null, rttMs, lossPercent: null, level: "unknown" };
+  if (qualityWindow.at && dt > 0) {
+    quality.bitrateKbps = Math.max(0, (bytes - qualityWindow.bytes) * 8 / dt / 1000);
+    const dLost = Math.max(0, lost - qualityWindow.lost);
+    const dReceived = Math.max(0, received - qualityWindow.received);
+    quality.lossPercent = dLost + dReceived ? (100 * dLost) / (dLost + dReceived) : 0;
+    const bad = (quality.lossPercent > 5) || (rttMs !== null && rttMs > 400) || quality.bitrateKbps < 100;
+    const fair = (quality.lossPercent > 1) || (rttMs !== null && rttMs > 150) || quality.bitrateKbps < 400;
+    quality.level = bad ? "poor" : fair ? "fair" : "good";
+  }
+  Object.assign(qualityWindow, { bytes, lost, received, at: now });
+  return quality;
+}
+
 async function subscribeStats() {
   const out = { framesDecoded: 0, framesReceived: 0, frameWidth: 0, frameHeight: 0,
                 videoCodec: null, audioPacketsReceived: 0 };
   if (!state.subscribePc) return out;
   const report = await state.subscribePc.getStats();
+  state.quality = qualityFrom(report);
   for (const entry of report.values()) {
     if (entry.type === "inbound-rtp" && entry.kind === "audio") {
       out.audioPacketsReceived += entry.packetsReceived ?? 0;
@@ -408,10 +450,35 @@ async function publish(signaling, stream, iceServers) {
   render();
 }
 
+// An expert talks with an open microphone, or holds "talk" (or the space bar)
+// to speak: in a noisy room or a ward, push-to-talk keeps the crew's ears clear.
+function setupTalking(stream) {
+  const track = stream.getAudioTracks()[0];
+  const openMic = $("open-mic");
+  const talk = $("talk");
+  $("talking").hidden = false;
+  const apply = (held) => {
+    track.enabled = openMic.checked || held;
+    state.microphone = openMic.checked ? "open" : track.enabled ? "talking" : "push to talk";
+    talk.classList.toggle("active", track.enabled);
+    render();
+  };
+  openMic.onchange = () => apply(false);
+  for (const [event, held] of [["pointerdown", true], ["pointerup", false], ["pointerleave", false]]) {
+    talk.addEventListener(event, () => apply(held));
+  }
+  window.addEventListener("keydown", (e) => {
+    if (e.code === "Space" && e.target.tagName !== "INPUT" && !e.repeat) { e.preventDefault(); apply(true); }
+  });
+  window.addEventListener("keyup", (e) => { if (e.code === "Space") apply(false); });
+  apply(false);
+}
+
 async function microphone() {
   try {
     const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
     state.microphone = "on";
+    setupTalking(stream);
     return stream;
   } catch (error) {
     // An expert without a microphone still watches and annotates.
