@@ -125,3 +125,35 @@ async def test_points_hidden_behind_the_patient_are_reported_occluded(world: Wor
     # The paramedic crouches on the patient's right: the shoulder is behind the body.
     crew.camera.set_pose(look_at(shoulder + np.array([0.0, 0.02, -0.9]), shoulder))
     await expert.wait_until(lambda: occluded_now() is True, 20)
+
+
+async def test_a_shared_image_hangs_in_the_scene_and_a_fake_one_is_refused(world: World):
+    import cv2
+
+    crew = await scene_crew(world, "ann-5")
+    expert = await world.expert("Dr Image", room="ann-5")
+    producer_id, rtp, T = await latest_frame(crew, expert)
+    key_image = np.zeros((120, 160), np.uint8)
+    cv2.circle(key_image, (80, 60), 40, 255, -1)
+    ok, png = cv2.imencode(".png", key_image)
+    sternum = crew.scene.landmarks_world_m["sternum"]
+    shared = await expert.request({
+        "type": "share_image", "producer_id": producer_id, "rtp_timestamp": rtp,
+        "point": uv_of(sternum, T, crew.camera.intrinsics), "mime": "image/png",
+        "data": png.tobytes(), "title": "CT key image"})
+    assert shared["kind"] == "image" and shared["text"] == "CT key image"
+    assert shared["panel_width_m"] == 0.3 and shared["panel_height_m"] == pytest.approx(0.225)
+    assert np.linalg.norm(np.array(shared["points_world_m"][0]) - sternum) < 0.002
+    await crew.client.wait_until(lambda: shared["annotation_id"] in crew.client.annotations)
+    received = crew.client.annotations[shared["annotation_id"]]["image_data"]
+    if isinstance(received, str):  # a JSON client gets bytes as base64
+        import base64
+        received = base64.b64decode(received)
+    assert received == png.tobytes()
+    with pytest.raises(ServerError, match="not a decodable image/png"):
+        await expert.request({"type": "share_image", "producer_id": producer_id, "rtp_timestamp": rtp,
+                              "point": [0.5, 0.5], "mime": "image/png", "data": b"GIF89a" + b"\0" * 64})
+    with pytest.raises(ServerError, match="data"):
+        await expert.request({"type": "share_image", "producer_id": producer_id, "rtp_timestamp": rtp,
+                              "point": [0.5, 0.5], "mime": "image/png", "data": b"\0" * (45 * 1024)})
+    assert len(crew.client.annotations) == 1

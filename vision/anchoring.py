@@ -35,6 +35,7 @@ class Anchoring(enum.IntEnum):
 class ShapeKind(str, enum.Enum):
     POINT = "point"
     LABEL = "label"
+    IMAGE = "image"  #: where a shared image's panel hangs: one point
     STROKE = "stroke"  #: freehand or polyline, open
     ARROW = "arrow"  #: a stroke whose last point is the head
     ELLIPSE = "ellipse"  #: closed outline (see `ellipse_outline`)
@@ -44,7 +45,7 @@ class ShapeKind(str, enum.Enum):
 
 
 #: Kinds anchored as a single point (with a neighbourhood probe for misses).
-_POINT_KINDS = {ShapeKind.POINT, ShapeKind.LABEL}
+_POINT_KINDS = {ShapeKind.POINT, ShapeKind.LABEL, ShapeKind.IMAGE}
 #: Kinds whose points are anchored as drawn, without resampling between them.
 _DISCRETE_KINDS = _POINT_KINDS | {ShapeKind.RULER, ShapeKind.ANGLE}
 _CLOSED_KINDS = {ShapeKind.ELLIPSE, ShapeKind.POLYGON}

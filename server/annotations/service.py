@@ -53,6 +53,18 @@ class FramePose:
 
 
 @dataclass(frozen=True)
+class SharedImage:
+    """An image an expert hung in the scene, as a panel of `width_m` x `height_m`."""
+
+    mime: str
+    data: bytes
+    width_px: int
+    height_px: int
+    width_m: float
+    height_m: float
+
+
+@dataclass(frozen=True)
 class Annotation:
     annotation_id: str
     author: Author
@@ -66,6 +78,7 @@ class Annotation:
     created_ms: float
     client_ref: str | None
     anchor_ms: float
+    image: SharedImage | None = None
 
 
 def measurements_of(anchored: AnchoredShape) -> dict[str, measure.Measurement]:
@@ -148,6 +161,7 @@ class AnnotationService:
         uv_norm: list[list[float]],
         text: str | None = None,
         client_ref: str | None = None,
+        image: SharedImage | None = None,
     ) -> Annotation:
         """Anchor one shape drawn on `frame` of a crew's video and keep it."""
         if len(self._annotations) >= self._max:
@@ -183,6 +197,7 @@ class AnnotationService:
             created_ms=time.time() * 1e3,
             client_ref=client_ref,
             anchor_ms=anchor_ms,
+            image=image,
         )
         self._annotations[annotation.annotation_id] = annotation
         return annotation

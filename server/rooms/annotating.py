@@ -13,9 +13,16 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
-from server.annotations.service import AnnotationRefused, AnnotationService, Annotation, FramePose
+from server.annotations.service import (
+    Annotation,
+    AnnotationRefused,
+    AnnotationService,
+    FramePose,
+    SharedImage,
+)
 from server.signaling import messages as m
 from vision.anchoring import Shape, anchor_shape
 from vision.camera import Intrinsics, check_pose
@@ -37,6 +44,7 @@ _POSE_WAIT_S = 0.5
 #: How often the room works out which annotation points a crew's camera cannot
 #: see (occlusion changes as fast as the wearer moves; 5 Hz is plenty for dashes).
 _VISIBILITY_INTERVAL_S = 0.2
+_PANEL_WIDTH_M = 0.3
 
 
 def _runs(flags: np.ndarray) -> list[list[int]]:
@@ -69,6 +77,10 @@ def annotation_message(annotation: Annotation) -> m.AnnotationInfo:
         client_ref=annotation.client_ref,
         created_ms=annotation.created_ms,
         anchor_ms=round(annotation.anchor_ms, 3),
+        image_mime=annotation.image.mime if annotation.image else None,
+        image_data=annotation.image.data if annotation.image else None,
+        panel_width_m=annotation.image.width_m if annotation.image else None,
+        panel_height_m=annotation.image.height_m if annotation.image else None,
     )
 
 
@@ -158,6 +170,8 @@ class RoomAnnotations:
         try:
             if isinstance(message, m.Annotate):
                 return await self._annotate(peer, message)
+            if isinstance(message, m.ShareImage):
+                return await self._share_image(peer, message)
             if isinstance(message, m.FreezeFrame):
                 self._frozen[peer.id] = await self._pose(message.producer_id, message.rtp_timestamp, None, "freeze_frame")
                 return m.FrameFrozen(producer_id=message.producer_id, rtp_timestamp=message.rtp_timestamp)
@@ -239,6 +253,27 @@ class RoomAnnotations:
         self._tell_others(peer, annotation_message(annotation))
         log.info("annotation anchored", extra={"room": self._room.name, "annotation": annotation.annotation_id,
                                                "kind": annotation.kind.value, "anchor_ms": round(annotation.anchor_ms, 2)})
+        reply = annotation_message(annotation)
+        reply.id = message.id
+        return reply
+
+    async def _share_image(self, peer: Peer, message: m.ShareImage) -> m.AnnotationInfo:
+        if peer.role == "observer":
+            raise AnnotationRefused("forbidden", "share_image: observers watch; they do not share")
+        pixels = cv2.imdecode(np.frombuffer(message.data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if pixels is None or pixels.ndim < 2:
+            raise AnnotationRefused("invalid_field", f"share_image: data is not a decodable {message.mime} image")
+        height_px, width_px = pixels.shape[:2]
+        if max(width_px, height_px) > 4096 or min(width_px, height_px) < 8:
+            raise AnnotationRefused("invalid_field", f"share_image: {width_px}x{height_px} px is outside 8..4096 px")
+        # A panel 30 cm wide, as tall as the image's aspect says: readable at arm's length.
+        image = SharedImage(message.mime, message.data, width_px, height_px,
+                            _PANEL_WIDTH_M, round(_PANEL_WIDTH_M * height_px / width_px, 4))
+        crew_peer_id, frame = await self._frame(message.producer_id, message.rtp_timestamp, "share_image", peer.id)
+        annotation = await self.service.anchor(
+            self.service.author(peer.id, peer.name), crew_peer_id, message.producer_id, frame, "image",
+            [message.point], text=message.title, client_ref=message.client_ref, image=image)
+        self._tell_others(peer, annotation_message(annotation))
         reply = annotation_message(annotation)
         reply.id = message.id
         return reply

@@ -136,17 +136,19 @@ class PageOpener:
         self.console: list[str] = []
 
     def __call__(self, room: str, role: str, name: str | None = None,
-                 codec: str | None = None) -> Any:
-        """The viewer page, joining `room` as `role` as soon as it loads."""
+                 codec: str | None = None, tablet: bool = False) -> Any:
+        """The viewer page, joining `room` as `role` as soon as it loads; `tablet`
+        opens it on a 1024x768 touch screen."""
         query = {"room": room, "role": role, "name": name or f"{role} page"}
         if codec:
             query["codec"] = codec
-        return self.blank(f"/app/viewer.html?{urlencode(query)}", label=role)
+        return self.blank(f"/app/viewer.html?{urlencode(query)}", label=role, tablet=tablet)
 
-    def blank(self, path: str, label: str = "page") -> Any:
+    def blank(self, path: str, label: str = "page", tablet: bool = False) -> Any:
         """Any page of the server, e.g. one to import a module into."""
-        context = self._browser.new_context(permissions=["camera", "microphone"],
-                                            viewport={"width": 1280, "height": 800})
+        screen = ({"viewport": {"width": 1024, "height": 768}, "has_touch": True, "is_mobile": True}
+                  if tablet else {"viewport": {"width": 1280, "height": 800}})
+        context = self._browser.new_context(permissions=["camera", "microphone"], **screen)
         self._contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(PAGE_TIMEOUT_MS)

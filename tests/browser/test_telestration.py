@@ -216,7 +216,7 @@ def test_bad_annotations_from_the_page_are_refused_and_change_nothing(room, open
             {...base, points: Array.from({length: 3000}, (_, i) => [i / 3000, 0.5])},
             {...base, points: [[0.2, 0.2], [NaN, 0.3]]},
             {...base, points: [[0.2, 0.2], [0.3, 0.3]], author_name: 'Dr Forged'},
-            {...base, points: [[0.2, 0.2], [0.3, 0.3]], rtp_timestamp: (frame + 45000) % 2 ** 32},
+            {...base, points: [[0.2, 0.2], [0.3, 0.3]], rtp_timestamp: (frame + 90000 * 60) % 2 ** 32},
         ];
         const out = [];
         for (const attempt of attempts) {
@@ -258,3 +258,45 @@ def test_lobby_alerts_on_a_guidance_request_and_one_click_joins(room, open_page,
     lobby.wait_for_function("() => window.goldenhour && window.goldenhour.joined")
     assert lobby.evaluate("() => [window.goldenhour.room, window.goldenhour.role, window.goldenhour.name]") \
         == [room, "expert", "Dr Lobby"]
+
+
+def test_on_a_tablet_a_finger_tap_places_a_marker_and_the_layout_fits(room, open_page, loop_peers, scene_map) -> None:
+    crew = loop_peers.scene_crew(room)
+    page = open_page(room, "expert", name="Dr Tablet", tablet=True)
+    wait_drawing_ready(page)
+    layout = page.evaluate("""() => ({
+        scroll: document.documentElement.scrollWidth,
+        video: document.getElementById('video').getBoundingClientRect().width,
+        tools: document.getElementById('tool-buttons').getBoundingClientRect().right})""")
+    wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
+        .filter((e) => e.getBoundingClientRect().right > 1024).map((e) => e.tagName + '#' + e.id)""")
+    assert layout["scroll"] <= 1024 and layout["tools"] <= 1024 and layout["video"] >= 600, wide
+    page.tap("button[data-tool=point]")
+    T = crew.camera.pose
+    target = css_point(page, pixel_norm(crew.scene.landmarks_world_m["sternum"], T, crew.camera.intrinsics))
+    page.touchscreen.tap(*target)
+    (annotation,) = wait_for_annotation(loop_peers, crew.client)
+    truth = surface_point_under(scene_map, uv_of_css(page, *target), T, crew.camera.intrinsics)
+    assert np.linalg.norm(np.array(annotation["points_world_m"][0]) - truth) <= 0.005
+
+
+def test_a_shared_image_is_hung_where_the_expert_clicks(room, open_page, loop_peers, artifacts) -> None:
+    import cv2
+
+    crew = loop_peers.scene_crew(room)
+    page = open_page(room, "expert", name="Dr Radiology")
+    wait_drawing_ready(page)
+    scan = np.zeros((400, 400, 3), np.uint8)
+    cv2.ellipse(scan, (200, 200), (150, 180), 0, 0, 360, (200, 200, 200), -1)
+    cv2.circle(scan, (250, 170), 30, (255, 255, 255), -1)
+    path = artifacts / "key-image.png"
+    cv2.imwrite(str(path), scan)
+    page.fill("#label-text", "CT: left ICH")
+    page.set_input_files("#share-image", str(path))
+    page.wait_for_function("() => window.goldenhour.telestration.tool === 'image'")
+    umbilicus = pixel_norm(crew.scene.landmarks_world_m["umbilicus"], crew.camera.pose, crew.camera.intrinsics)
+    page.mouse.click(*css_point(page, umbilicus))
+    (annotation,) = wait_for_annotation(loop_peers, crew.client)
+    assert annotation["kind"] == "image" and annotation["text"] == "CT: left ICH"
+    assert annotation["image_mime"] == "image/jpeg" and annotation["panel_width_m"] == 0.3
+    assert np.linalg.norm(np.array(annotation["points_world_m"][0]) - crew.scene.landmarks_world_m["umbilicus"]) < 0.01

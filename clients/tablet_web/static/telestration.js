@@ -10,7 +10,10 @@
 
 import { contentRect, projectPoints } from "./geometry.js";
 
-export const TOOLS = ["pen", "arrow", "ellipse", "point", "label", "ruler", "polyline", "polygon", "laser"];
+export const TOOLS = ["pen", "arrow", "ellipse", "point", "label", "ruler", "polyline", "polygon", "laser", "image"];
+// A shared image travels in one message: the server takes up to 44 KiB.
+const MAX_IMAGE_BYTES = 44 * 1024;
+const IMAGE_MAX_SIDE_PX = 640;
 // Tool -> the shape kind the server anchors.
 const KIND = { pen: "stroke", arrow: "arrow", ellipse: "ellipse", point: "point", label: "label",
                ruler: "ruler", polyline: "stroke", polygon: "polygon" };
@@ -134,7 +137,7 @@ export class Telestration {
 
   async redo() {
     const again = this.#redo.pop();
-    if (!again) return;
+    if (!again || !again.request) return;
     const reply = await this.#api.request(again.request);
     this.#undo.push({ annotation_id: reply.annotation_id, request: again.request });
   }
@@ -175,6 +178,10 @@ export class Telestration {
     if (!frame) return;
     this.#canvas.setPointerCapture?.(event.pointerId);
     const point = this.#picturePoint(event);
+    if (this.#tool === "image") {
+      this.#placeImage(point, frame).catch((error) => this.errors.push(String(error.message ?? error)));
+      return;
+    }
     if (this.#tool === "laser") {
       this.#draft = { tool: "laser" };
       this.#sendLaser(point, frame);
@@ -262,6 +269,23 @@ export class Telestration {
   }
 
   roundTrips = [];
+
+  /** Choose the image to share; the next click on the picture hangs it there. */
+  async chooseImage(file, title) {
+    this.pendingImage = { ...(await encodeImage(file)), title: title || file.name.slice(0, 100) };
+    this.tool = "image";
+  }
+
+  async #placeImage(point, frame) {
+    const image = this.pendingImage;
+    if (!image) throw new Error("choose an image to share first");
+    const reply = await this.#api.request({
+      type: "share_image", producer_id: frame.producerId, rtp_timestamp: frame.rtp, point,
+      mime: image.mime, data: image.base64, title: image.title, client_ref: `image-${Date.now()}` });
+    this.annotations.set(reply.annotation_id, reply);
+    this.#undo.push({ annotation_id: reply.annotation_id, request: null });
+    this.#api.onChange();
+  }
 
   #sendLaser(point, frame) {
     const now = performance.now();
@@ -378,6 +402,15 @@ function drawAnnotation(ctx, annotation, projected, rect, scale, intrinsics, hid
   }
   ctx.setLineDash([]);
   const last = projected[projected.length - 1];
+  if (annotation.kind === "image" && visible[0]) {
+    const [x, y] = toCss(projected[0], rect, scale);
+    const picture = imageOf(annotation);
+    if (picture.complete && picture.naturalWidth) {
+      const width = 140, height = width * picture.naturalHeight / picture.naturalWidth;
+      ctx.drawImage(picture, x - width / 2, y - height, width, height);
+      ctx.strokeRect(x - width / 2, y - height, width, height);
+    }
+  }
   if (annotation.kind === "point" || annotation.kind === "label") {
     const [x, y] = toCss(projected[0], rect, scale);
     ctx.beginPath();
@@ -449,4 +482,37 @@ function drawDraft(ctx, draft, rect) {
   });
   ctx.stroke();
   ctx.setLineDash([]);
+}
+
+const decodedImages = new Map(); // annotation_id -> HTMLImageElement
+function imageOf(annotation) {
+  let picture = decodedImages.get(annotation.annotation_id);
+  if (!picture) {
+    picture = new Image();
+    picture.src = `data:${annotation.image_mime};base64,${annotation.image_data}`;
+    decodedImages.set(annotation.annotation_id, picture);
+  }
+  return picture;
+}
+
+// Shrink an image file until it fits one message (JPEG, longest side <= 640 px).
+async function encodeImage(file) {
+  const bitmap = await createImageBitmap(file);
+  const longest = Math.max(bitmap.width, bitmap.height);
+  for (const side of [640, 448, 320, 224, 160]) {
+    const scale = Math.min(1, side / longest);
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.max(8, Math.round(bitmap.width * scale));
+    canvas.height = Math.max(8, Math.round(bitmap.height * scale));
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    for (const quality of [0.85, 0.7, 0.55, 0.4]) {
+      const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", quality));
+      if (blob.size > MAX_IMAGE_BYTES) continue;
+      const bytes = new Uint8Array(await blob.arrayBuffer());
+      let binary = "";
+      for (const b of bytes) binary += String.fromCharCode(b);
+      return { mime: "image/jpeg", base64: btoa(binary) };
+    }
+  }
+  throw new Error("this image cannot be made small enough to share");
 }

@@ -563,6 +563,11 @@ function startTelestration(signaling) {
     toolbar.append(button);
   }
   const guard = (action) => () => action().catch((error) => reportError("annotation", error));
+  $("share-image").onchange = guard(async () => {
+    const file = $("share-image").files[0];
+    if (file) await telestration.chooseImage(file, $("label-text").value);
+    for (const b of toolbar.children) b.classList.toggle("active", b.dataset.tool === telestration.tool);
+  });
   $("undo").onclick = guard(() => telestration.undo());
   $("redo").onclick = guard(() => telestration.redo());
   $("clear-mine").onclick = guard(() => telestration.clearMine());
