@@ -51,8 +51,11 @@ def _serve(args: argparse.Namespace) -> int:
                                      "--url", f"{ws_scheme}://{config.host}:{config.port}/ws",
                                      "--room", room, "--insecure"],
                                     preexec_fn=_die_with_parent)
-            print(f"  A simulated crew is streaming into room '{room}'. Open:\n\n"
-                  f"      {config.url}/app/viewer.html?room={room}\n", file=sys.stderr)
+            print(f"  A simulated crew (inside a synthetic ambulance) is streaming into room "
+                  f"'{room}'. Open:\n\n"
+                  f"      {config.url}/app/viewer.html?room={room}   draw on the patient\n"
+                  f"      {config.url}/app/lobby.html                the expert lobby\n",
+                  file=sys.stderr)
         if config.tls:
             print("  (self-signed certificate: accept the browser's warning once)\n",
                   file=sys.stderr)
@@ -81,6 +84,7 @@ def _die_with_parent() -> None:
 
 
 def _crew(args: argparse.Namespace) -> int:
+    from clients.hololens_bridge.scene_crew import SceneCrew
     from clients.hololens_bridge.simulated import SimulatedCrew
     from clients.sdk.client import GoldenHourClient
     from server.sfu import aiortc_seams
@@ -105,15 +109,21 @@ def _crew(args: argparse.Namespace) -> int:
         while not stop.is_set():
             client = GoldenHourClient(args.url, args.room, "crew", args.name, create=True,
                                       ssl_context=context)
-            crew = SimulatedCrew(client, args.width, args.height, args.fps,
+            if args.scene:
+                crew = SceneCrew(client, args.width or 640, args.height or 360, args.fps,
                                  video_codec=args.codec)
+            else:
+                crew = SimulatedCrew(client, args.width or 1280, args.height or 720, args.fps,
+                                     video_codec=args.codec)
             waits: list[asyncio.Future] = []
             try:
                 await crew.start()
+                if args.scene and args.walk:
+                    waits.append(asyncio.ensure_future(crew.walk()))
                 log.info("simulated crew streaming", extra={"room": args.room})
                 delay = 0.5
-                waits = [asyncio.ensure_future(client.wait_closed()),
-                         asyncio.ensure_future(stop.wait())]
+                waits += [asyncio.ensure_future(client.wait_closed()),
+                          asyncio.ensure_future(stop.wait())]
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             except Exception as exc:  # unreachable, refused, dropped: all mean retry
                 log.warning("lost the server; retrying",
@@ -151,8 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     crew.add_argument("--url", default="wss://127.0.0.1:8443/ws")
     crew.add_argument("--room", default="demo")
     crew.add_argument("--name", default="Simulated crew")
-    crew.add_argument("--width", type=int, default=1280)
-    crew.add_argument("--height", type=int, default=720)
+    crew.add_argument("--scene", action=argparse.BooleanOptionalAction, default=True,
+                      help="render vision/'s synthetic ambulance and send its spatial map "
+                           "(default), or --no-scene for the cheap moving test pattern")
+    crew.add_argument("--walk", action=argparse.BooleanOptionalAction, default=True,
+                      help="with --scene, move like a paramedic around the patient")
+    crew.add_argument("--width", type=int, default=None, help="default 640 (scene), 1280")
+    crew.add_argument("--height", type=int, default=None, help="default 360 (scene), 720")
     crew.add_argument("--fps", type=int, default=30)
     crew.add_argument("--codec", default=None, help="video/VP8 or video/H264")
     crew.add_argument("--cafile", default=None, help="trust this certificate (wss)")

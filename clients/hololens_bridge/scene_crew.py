@@ -6,6 +6,8 @@ and demos get ground truth for everything the experts draw.
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from clients.hololens_bridge.scene_camera import SceneCameraTrack, split_mesh
@@ -48,6 +50,18 @@ class SceneCrew(SimulatedCrew):
                 "vertices": np.round(vertices, 6).reshape(-1).tolist(),
                 "triangles": triangles.reshape(-1).tolist()})
             self.map_blocks_sent += 1
+
+    async def walk(self, seed: int = 0, step_s: float = 0.2) -> None:
+        """Move the camera like a paramedic working around the patient, forever
+        (a pose every `step_s`: each new pose costs a rendering)."""
+        from vision.synthetic import paramedic_trajectory
+
+        while True:
+            path = paramedic_trajectory(self.camera.scene, duration_s=30.0, fps=1.0 / step_s, seed=seed)
+            for posed in path:
+                self.camera.set_pose(posed.T_world_camera)
+                await asyncio.sleep(step_s)
+            seed += 1
 
     def _on_video_packet(self, sequence_number: int, timestamp: int, marker: bool) -> None:
         if timestamp == self._last_timestamp:
