@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
@@ -55,6 +56,9 @@ def create_app(config: Config) -> Starlette:
         return JSONResponse([{
             "room": r.name, "persistent": r.persistent,
             "peers": [{"peer_id": p.id, "name": p.name, "role": p.role} for p in r.peers],
+            "annotations": len(r.annotations.service.annotations),
+            "guidance_requested": (msgspec.to_builtins(registry.guidance_requests[r.name])
+                                   if r.name in registry.guidance_requests else None),
         } for r in registry.rooms])
 
     async def stats(request: Request) -> JSONResponse:

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 
 from server.config import Config
+from server.rooms.annotating import RoomAnnotations
 from server.rooms.peer import Peer
 from server.rooms.poses import PoseHistory
 from server.sfu.producer import Producer
@@ -38,6 +39,7 @@ class Room:
         self._peers: dict[str, Peer] = {}
         self._poses: dict[str, PoseHistory] = {}
         self._tasks: set[asyncio.Task] = set()
+        self.annotations = RoomAnnotations(self)
 
     @property
     def peers(self) -> tuple[Peer, ...]:
@@ -64,6 +66,7 @@ class Room:
                         max_message_bytes=m.MAX_MESSAGE_BYTES))
         for other in others:
             other.notify(m.PeerJoined(peer=peer.info))
+        self.annotations.welcome(peer)
         log.info("peer joined", extra={"room": self.name, "peer": peer.id, "role": role})
         try:
             await peer.subscribe([p for p in self.router.producers if self._receives(peer, p)])
@@ -107,6 +110,7 @@ class Room:
         pose.peer_id = source.id
         history = self._poses.setdefault(producer.id, PoseHistory())
         history.add(pose)
+        self.annotations.on_pose(source.id, pose)
         data = m.encode(pose, binary=True)  # once, for every subscriber
         for peer in self._peers.values():
             if peer is not source:
@@ -121,6 +125,7 @@ class Room:
         for other in self._peers.values():
             other.release(closed)
         await peer.close()
+        self.annotations.forget(peer.id)
         for other in self._peers.values():
             other.notify(m.PeerLeft(peer_id=peer.id))
         log.info("peer left", extra={"room": self.name, "peer": peer.id})
@@ -132,6 +137,7 @@ class Room:
         for peer in list(self._peers.values()):
             await self.leave(peer)
         self.router.close()
+        self.annotations.close()
 
 
 class RoomRegistry:
@@ -144,6 +150,10 @@ class RoomRegistry:
     def __init__(self, config: Config) -> None:
         self._config = config
         self._rooms: dict[str, Room] = {}
+        #: Lobby pages listening for guidance requests (their send functions).
+        self._lobby: set[Callable[[m._Message], None]] = set()
+        #: Open guidance requests, newest last: room name -> the request.
+        self.guidance_requests: dict[str, m.GuidanceRequested] = {}
         if config.demo_room:
             self._rooms[config.demo_room] = Room(config.demo_room, persistent=True)
 
@@ -153,6 +163,30 @@ class RoomRegistry:
 
     def get(self, name: str) -> Room | None:
         return self._rooms.get(name)
+
+    def watch_lobby(self, send: Callable[[m._Message], None]) -> None:
+        """A lobby page: it hears every guidance request, the open ones first."""
+        self._lobby.add(send)
+        for request in self.guidance_requests.values():
+            send(request)
+
+    def unwatch_lobby(self, send: Callable[[m._Message], None]) -> None:
+        self._lobby.discard(send)
+
+    def request_guidance(self, peer: Peer, reason: str | None) -> m.GuidanceRequested:
+        """A crew asks for an expert: every lobby page and every expert in the room hear it."""
+        if peer.role != "crew":
+            raise m.ProtocolError("forbidden", "request_guidance: only a crew asks for guidance")
+        request = m.GuidanceRequested(room=peer.room.name, peer_id=peer.id, name=peer.name,
+                                      reason=reason, time_ms=time.time() * 1e3)
+        self.guidance_requests[peer.room.name] = request
+        log.info("guidance requested", extra={"room": peer.room.name, "peer": peer.id})
+        for send in list(self._lobby):
+            send(request)
+        for other in peer.room.peers:
+            if other.role == "expert":
+                other.notify(request)
+        return request
 
     def open(self, name: str, role: m.Role, create: bool) -> Room:
         room = self._rooms.get(name)
@@ -171,7 +205,9 @@ class RoomRegistry:
         await room.leave(peer)
         if not room.peers and not room.persistent and self._rooms.get(room.name) is room:
             del self._rooms[room.name]
+            self.guidance_requests.pop(room.name, None)
             room.router.close()
+            room.annotations.close()
             log.info("room closed", extra={"room": room.name})
 
     async def close(self) -> None:

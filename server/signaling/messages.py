@@ -85,7 +85,187 @@ class Ping(_Message, tag="ping"):
     pass
 
 
-ClientMessage = Union[Join, PublishOffer, SubscribeAnswer, IceCandidate, Leave, Ping]
+# --- annotations (signaling WebSocket, both ways) ----------------------------
+
+#: Points in one drawn shape; a freehand stroke sampled at 60 Hz for 30 s.
+MAX_SHAPE_POINTS = 2048
+UvPoint = Annotated[list[Annotated[float, msgspec.Meta(ge=-1e6, le=1e6)]], msgspec.Meta(min_length=2, max_length=2)]
+ShapeKindName = Literal["point", "label", "stroke", "arrow", "ellipse", "polygon", "ruler", "angle"]
+#: A shared image travels inside one message: 44 KiB of JPEG/PNG (base64 in JSON).
+MAX_IMAGE_BYTES = 44 * 1024
+Color = Annotated[str, msgspec.Meta(pattern=r"^#[0-9a-fA-F]{6}$")]
+ClientRef = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class Annotate(_Message, tag="annotate", forbid_unknown_fields=True):
+    """An expert's drawing on one frame of a crew's video, to be anchored in 3D.
+
+    Unknown fields are refused, not ignored: the server names the author, and a
+    client that sends `author_name` (say) must hear that it is not its to set."""
+
+    #: The crew video track it was drawn on (TrackInfo.producer_id).
+    producer_id: Annotated[str, msgspec.Meta(max_length=64)]
+    #: The drawn frame's RTP timestamp on the publisher's clock (seen minus the
+    #: track's rtp_timestamp_offset, mod 2**32): selects the pose to anchor with.
+    rtp_timestamp: Uint32
+    kind: ShapeKindName
+    #: The shape in normalised image coordinates [u, v], 0..1 from the top-left corner.
+    points: Annotated[list[UvPoint], msgspec.Meta(min_length=1, max_length=MAX_SHAPE_POINTS)]
+    text: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    #: The client's own name for it (e.g. for undo before the id arrives).
+    client_ref: ClientRef | None = None
+
+
+class ShareImage(_Message, tag="share_image", forbid_unknown_fields=True):
+    """An expert shares an image (a CT key image, a diagram): the crew's glasses
+    show it as a panel hanging where `point` lands in the scene."""
+
+    producer_id: Annotated[str, msgspec.Meta(max_length=64)]
+    rtp_timestamp: Uint32
+    point: UvPoint
+    mime: Literal["image/jpeg", "image/png"]
+    data: Annotated[bytes, msgspec.Meta(min_length=16, max_length=MAX_IMAGE_BYTES)]
+    title: Annotated[str, msgspec.Meta(max_length=100)] | None = None
+    client_ref: ClientRef | None = None
+
+
+class FreezeFrame(_Message, tag="freeze_frame"):
+    """The expert paused on this frame to draw on it: keep its pose until the
+    expert's next freeze or leave (the pose history holds only the last 10 s)."""
+
+    producer_id: Annotated[str, msgspec.Meta(max_length=64)]
+    rtp_timestamp: Uint32
+
+
+class FrameFrozen(_Message, tag="frame_frozen"):
+    """The reply to freeze_frame: annotations on this frame will anchor with its pose."""
+
+    producer_id: str
+    rtp_timestamp: int
+
+
+class AnnotationDelete(_Message, tag="annotation_delete"):
+    annotation_id: Annotated[str, msgspec.Meta(max_length=64)]
+
+
+class AnnotationClear(_Message, tag="annotation_clear"):
+    """Delete all of the sender's own annotations."""
+
+
+class Laser(_Message, tag="laser"):
+    """An ephemeral pointer on a crew's video: anchored and relayed, never stored."""
+
+    producer_id: Annotated[str, msgspec.Meta(max_length=64)]
+    rtp_timestamp: Uint32
+    point: UvPoint
+
+
+class MapBlock(_Message, tag="map_block"):
+    """One block of a crew's spatial map (world frame, metres): added or replaced."""
+
+    block_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    #: x, y, z of each vertex, flattened.
+    vertices: Annotated[list[float], msgspec.Meta(min_length=9, max_length=3 * 2000)]
+    #: Vertex indices, three per triangle, flattened.
+    triangles: Annotated[list[Annotated[int, msgspec.Meta(ge=0, le=1999)]], msgspec.Meta(min_length=3, max_length=3 * 4000)]
+
+
+class MapBlockRemove(_Message, tag="map_block_remove"):
+    block_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class WatchLobby(_Message, tag="watch_lobby"):
+    """Before (or instead of) joining: hear every crew's guidance request."""
+
+
+class RequestGuidance(_Message, tag="request_guidance"):
+    """A crew asks for an expert (the lobby alerts on it)."""
+
+    reason: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class MeasurementInfo(msgspec.Struct, kw_only=True):
+    name: str  #: distance, length, area, perimeter, angle
+    value: float
+    sigma: float  #: one standard deviation, same unit
+    unit: str  #: mm, mm², deg
+    on_map: bool  #: False when a point it depends on missed the map
+
+
+class AnnotationInfo(_Message, tag="annotation"):
+    """An anchored annotation (server -> every peer of the room)."""
+
+    annotation_id: str
+    author_peer_id: str
+    author_name: str
+    color: str
+    kind: str
+    text: str | None
+    crew_peer_id: str
+    producer_id: str
+    rtp_timestamp: int
+    #: Per anchored point: world position (m), unit normal, how it was anchored
+    #: (0 on the map, 1 on a fitted plane, 2 at the default depth), 1-sigma error (m).
+    points_world_m: list[list[float]]
+    normals_world: list[list[float]]
+    anchoring: list[int]
+    sigma_m: list[float]
+    measurements: list[MeasurementInfo]
+    created_ms: float
+    #: Server time spent anchoring, milliseconds.
+    anchor_ms: float
+    client_ref: str | None = None
+    #: kind "image" only: the shared image, and its panel's size in metres.
+    image_mime: str | None = None
+    image_data: bytes | None = None
+    panel_width_m: float | None = None
+    panel_height_m: float | None = None
+
+
+class AnnotationVisibility(_Message, tag="annotation_visibility"):
+    """Which anchored points the map hides from one recent frame of a crew's camera
+    (server -> peers, a few times a second while annotations exist)."""
+
+    producer_id: str
+    rtp_timestamp: int
+    #: annotation_id -> runs [start, end) of point indices hidden behind the map.
+    occluded: dict[str, list[list[int]]]
+
+
+class AnnotationsRemoved(_Message, tag="annotations_removed"):
+    annotation_ids: list[str]
+    by_peer_id: str
+
+
+class LaserInfo(_Message, tag="laser_point"):
+    author_peer_id: str
+    color: str
+    producer_id: str
+    rtp_timestamp: int
+    point_world_m: list[float]
+    anchoring: int
+
+
+class GuidanceRequested(_Message, tag="guidance_requested"):
+    room: str
+    peer_id: str
+    name: str
+    reason: str | None
+    time_ms: float
+
+
+class MapBlockStored(_Message, tag="map_block_stored"):
+    """The reply to map_block: the block is in the map and anchoring uses it."""
+
+    block_id: str
+    triangles: int
+
+
+AnnotationMessage = Union[Annotate, ShareImage, FreezeFrame, AnnotationDelete, AnnotationClear, Laser, MapBlock, MapBlockRemove]
+ClientMessage = Union[Join, PublishOffer, SubscribeAnswer, IceCandidate, Leave, Ping, Annotate,
+                      FreezeFrame, ShareImage,
+                      AnnotationDelete, AnnotationClear, Laser, MapBlock, MapBlockRemove,
+                      RequestGuidance, WatchLobby]
 
 
 # --- server -> client, on the signaling WebSocket ---------------------------

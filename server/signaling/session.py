@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import msgspec
+
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.config import Config
@@ -28,6 +30,7 @@ class SignalingSession:
         self._peer: Peer | None = None
         self._ending = asyncio.Event()
         self._end_reason = ""
+        self._watching_lobby = False
 
     async def run(self) -> None:
         await self._ws.accept()
@@ -43,6 +46,8 @@ class SignalingSession:
             for task in (writer, reader, ending):
                 task.cancel()
             await asyncio.gather(writer, reader, ending, return_exceptions=True)
+            if self._watching_lobby:
+                self._registry.unwatch_lobby(self.send)
             if self._peer is not None:
                 await self._registry.leave(self._peer)
                 self._peer = None
@@ -105,6 +110,10 @@ class SignalingSession:
         if isinstance(message, m.Join):
             await self._join(message)
             return False
+        if isinstance(message, m.WatchLobby):
+            self._registry.watch_lobby(self.send)
+            self._watching_lobby = True
+            return False
         peer = self._peer
         if peer is None:
             raise m.ProtocolError("not_joined", f"join a room before sending "
@@ -119,6 +128,14 @@ class SignalingSession:
             elif isinstance(message, m.IceCandidate):
                 await peer.add_ice_candidate(message.pc, message.candidate, message.sdp_mid,
                                              message.sdp_mline_index)
+            elif isinstance(message, m.AnnotationMessage.__args__):
+                reply = await peer.room.annotations.handle(peer, message)
+                if reply is not None:
+                    reply.id = message.id
+                    self.send(reply)
+            elif isinstance(message, m.RequestGuidance):
+                request = self._registry.request_guidance(peer, message.reason)
+                self.send(msgspec.structs.replace(request, id=message.id))
             elif isinstance(message, m.Leave):
                 self._peer = None
                 await self._registry.leave(peer)
