@@ -157,3 +157,20 @@ async def test_a_shared_image_hangs_in_the_scene_and_a_fake_one_is_refused(world
         await expert.request({"type": "share_image", "producer_id": producer_id, "rtp_timestamp": rtp,
                               "point": [0.5, 0.5], "mime": "image/png", "data": b"\0" * (45 * 1024)})
     assert len(crew.client.annotations) == 1
+
+
+async def test_laser_pointer_is_anchored_relayed_and_never_stored(world: World):
+    crew = await scene_crew(world, "ann-6")
+    expert = await world.expert("Dr Laser", room="ann-6")
+    producer_id, rtp, T = await latest_frame(crew, expert)
+    sternum = crew.scene.landmarks_world_m["sternum"]
+    await expert.send({"type": "laser", "producer_id": producer_id, "rtp_timestamp": rtp,
+                       "point": uv_of(sternum, T, crew.camera.intrinsics)})
+    await crew.client.wait_until(lambda: len(crew.client.laser_points) == 1)
+    laser = crew.client.laser_points[0]
+    assert laser["author_peer_id"] == expert.state.peer_id and laser["anchoring"] == 0
+    assert np.linalg.norm(np.array(laser["point_world_m"]) - sternum) < 0.002
+    room = world.server.app.state.registry.get("ann-6")
+    assert room.annotations.service.annotations == []
+    late = await world.expert("Dr Late", room="ann-6")
+    assert late.annotations == {}
