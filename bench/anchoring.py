@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from vision.anchoring import Shape, anchor_shape  # noqa: E402
 from vision.camera import look_at, norm_from_px, project, world_rays  # noqa: E402
 from vision.reprojection import reproject  # noqa: E402
-from vision.spatial_map import SpatialMap  # noqa: E402
+from vision.spatial_map import SpatialMap, split_into_blocks  # noqa: E402
 from vision.synthetic import HOLOLENS_PV_1280x720, ambulance_scene, render  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
@@ -100,19 +100,6 @@ def reproject_point_by_point(points: np.ndarray, T: np.ndarray, snapshot) -> int
     return visible
 
 
-def split_into_blocks(vertices: np.ndarray, triangles: np.ndarray, per_block: int = 1000):
-    """Cut a mesh into blocks of about `per_block` triangles, ordered along X (like
-    a headset's spatial-mapping surfaces, which are spatially coherent)."""
-    centers = vertices[triangles].mean(axis=1)
-    order = np.lexsort((centers[:, 2], centers[:, 0]))
-    blocks = []
-    for start in range(0, len(order), per_block):
-        tri = triangles[order[start : start + per_block]]
-        used, inverse = np.unique(tri, return_inverse=True)
-        blocks.append((vertices[used], inverse.reshape(-1, 3)))
-    return blocks
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="30 repetitions instead of 200")
@@ -160,10 +147,10 @@ def main() -> int:
 
     blocks = split_into_blocks(vertices, triangles)
     blocked = SpatialMap()
-    for i, (v, t) in enumerate(blocks):
-        blocked.set_block(f"b{i}", v, t)
+    for block_id, v, t in blocks:
+        blocked.set_block(block_id, v, t)
     blocked.compact()
-    updates = [(f"b{int(i)}", *blocks[int(i)]) for i in rng.integers(0, len(blocks), repeats + 1)]
+    updates = [blocks[int(i)] for i in rng.integers(0, len(blocks), repeats + 1)]
     jitter = iter(updates * 2)
 
     def update_one_block():

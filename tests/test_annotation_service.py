@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from clients.hololens_bridge.scene_camera import default_pose, scaled_intrinsics, split_mesh
+from clients.hololens_bridge.scene_camera import default_pose, scaled_intrinsics
 from server.annotations.service import AnnotationRefused, AnnotationService, FramePose
 from vision.camera import look_at, norm_from_px, project
+from vision.spatial_map import split_into_blocks
 from vision.synthetic import ambulance_scene
 
 CAMERA = scaled_intrinsics(640, 360)
@@ -21,7 +22,7 @@ def scene():
 @pytest.fixture
 async def service(scene):
     service = AnnotationService(max_annotations=3)
-    for block_id, vertices, triangles in split_mesh(scene.vertices_world_m, scene.triangles, 20_000):
+    for block_id, vertices, triangles in split_into_blocks(scene.vertices_world_m, scene.triangles, 20_000):
         await service.set_map_block("crew-1", block_id, vertices, triangles)
     yield service
     service.close()

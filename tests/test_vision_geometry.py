@@ -351,3 +351,16 @@ def test_occlusion_follows_block_updates_before_and_after_compaction():
     assert not reproject(point, T, CAMERA, spatial_map.snapshot()).occluded[0]
     spatial_map.set_block("curtain", *box_mesh([0, 0, 0.8], [0.4, 0.4, 0.01]))  # new, in the overlay
     assert reproject(point, T, CAMERA, spatial_map.snapshot()).occluded[0]
+
+
+def test_split_into_blocks_keeps_every_triangle_once_in_blocks_of_the_asked_size():
+    from vision.spatial_map import split_into_blocks
+
+    sphere = o3d.geometry.TriangleMesh.create_sphere(0.5, resolution=40)
+    vertices, triangles = np.asarray(sphere.vertices), np.asarray(sphere.triangles)
+    blocks = split_into_blocks(vertices, triangles, per_block=500)
+    assert [len(t) for _, _, t in blocks[:-1]] == [500] * (len(blocks) - 1)
+    rebuilt = np.concatenate([v[t] for _, v, t in blocks]).reshape(-1, 9)
+    original = vertices[triangles].reshape(-1, 9)
+    assert sorted(map(tuple, np.round(rebuilt, 9))) == sorted(map(tuple, np.round(original, 9)))
+    assert len({block_id for block_id, _, _ in blocks}) == len(blocks)

@@ -336,3 +336,18 @@ class TsdfMapper:
             mesh.vertex.positions.numpy().astype(np.float64),
             mesh.triangle.indices.numpy().astype(np.int32),
         )
+
+
+def split_into_blocks(
+    vertices_world_m: np.ndarray, triangles: np.ndarray, per_block: int = 1000
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Cut a mesh into spatially coherent blocks of about `per_block` triangles, as a
+    headset's spatial-mapping surfaces are: [(block_id, vertices_world_m, triangles)]."""
+    centers = vertices_world_m[triangles].mean(axis=1)
+    order = np.lexsort((centers[:, 2], centers[:, 0]))
+    blocks = []
+    for n, start in enumerate(range(0, len(order), per_block)):
+        tri = triangles[order[start : start + per_block]]
+        used, inverse = np.unique(tri, return_inverse=True)
+        blocks.append((f"block-{n}", vertices_world_m[used], inverse.reshape(-1, 3).astype(np.int32)))
+    return blocks

@@ -40,19 +40,6 @@ def default_pose(scene: SyntheticScene) -> np.ndarray:
     return look_at(sternum + np.array([-0.15, 0.55, 0.35]), sternum + np.array([-0.1, 0.0, 0.0]))
 
 
-def split_mesh(vertices: np.ndarray, triangles: np.ndarray, per_block: int = 1000):
-    """Cut a mesh into spatially coherent blocks of about `per_block` triangles, as a
-    headset's spatial-mapping surfaces are: [(block_id, vertices, triangles)]."""
-    centers = vertices[triangles].mean(axis=1)
-    order = np.lexsort((centers[:, 2], centers[:, 0]))
-    blocks = []
-    for n, start in enumerate(range(0, len(order), per_block)):
-        tri = triangles[order[start:start + per_block]]
-        used, inverse = np.unique(tri, return_inverse=True)
-        blocks.append((f"block-{n}", vertices[used], inverse.reshape(-1, 3).astype(np.int32)))
-    return blocks
-
-
 class SceneCameraTrack(MediaStreamTrack):
     """The headset's camera looking into the synthetic ambulance."""
 

@@ -10,9 +10,10 @@ import asyncio
 
 import numpy as np
 
-from clients.hololens_bridge.scene_camera import SceneCameraTrack, split_mesh
+from clients.hololens_bridge.scene_camera import SceneCameraTrack
 from clients.hololens_bridge.simulated import SimulatedCrew, ToneTrack
 from clients.sdk.client import GoldenHourClient
+from vision.spatial_map import split_into_blocks
 
 #: Triangles per map block: ~1,000 keeps a block's message near 40 kB (msgpack).
 MAP_BLOCK_TRIANGLES = 1000
@@ -43,7 +44,7 @@ class SceneCrew(SimulatedCrew):
     async def send_map(self) -> None:
         """Send the scene's mesh as spatial-map blocks, each acknowledged (`map_block_stored`)."""
         scene = self.camera.scene
-        for block_id, vertices, triangles in split_mesh(scene.vertices_world_m, scene.triangles,
+        for block_id, vertices, triangles in split_into_blocks(scene.vertices_world_m, scene.triangles,
                                                         MAP_BLOCK_TRIANGLES):
             await self.client.request({
                 "type": "map_block", "block_id": block_id,

@@ -32,27 +32,27 @@ def wait_drawing_ready(page) -> None:
     page.wait_for_function("() => window.goldenhour?.telestration?.lastProjection?.poseFrameId != null")
 
 
-def css_point(page, uv_norm) -> tuple[float, float]:
-    """Page coordinates of a normalised picture point, the way telestration.js maps them."""
-    box = page.evaluate("""() => {
+def picture_box(page) -> dict:
+    """Where the picture lies on the page (CSS px): inside the video element,
+    letterboxed, the way telestration.js maps pointer positions."""
+    return page.evaluate("""() => {
         const v = document.getElementById('video');
         const c = document.getElementById('annotations').getBoundingClientRect();
         const scale = Math.min(v.clientWidth / v.videoWidth, v.clientHeight / v.videoHeight);
         const w = v.videoWidth * scale, h = v.videoHeight * scale;
         return {x: c.left + (v.clientWidth - w) / 2, y: c.top + (v.clientHeight - h) / 2, w, h};
     }""")
+
+
+def css_point(page, uv_norm) -> tuple[float, float]:
+    """Page coordinates of a normalised picture point."""
+    box = picture_box(page)
     return box["x"] + uv_norm[0] * box["w"], box["y"] + uv_norm[1] * box["h"]
 
 
 def uv_of_css(page, x, y) -> np.ndarray:
     """The normalised picture point the page computes for a pointer at (x, y)."""
-    box = page.evaluate("""() => {
-        const v = document.getElementById('video');
-        const c = document.getElementById('annotations').getBoundingClientRect();
-        const scale = Math.min(v.clientWidth / v.videoWidth, v.clientHeight / v.videoHeight);
-        const w = v.videoWidth * scale, h = v.videoHeight * scale;
-        return {x: c.left + (v.clientWidth - w) / 2, y: c.top + (v.clientHeight - h) / 2, w, h};
-    }""")
+    box = picture_box(page)
     return np.array([(x - box["x"]) / box["w"], (y - box["y"]) / box["h"]])
 
 
