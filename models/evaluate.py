@@ -31,6 +31,8 @@ class Figures:
     sensitivity: float
     specificity: float
     dice: float
+    #: Standard deviation of the per-case Dice (for tolerances; not on the card).
+    dice_sd: float
     peak_in_lesion: float
 
 
@@ -49,9 +51,10 @@ def measure(session: ort.InferenceSession, data: datasets.Batch, threshold: floa
     probs, maps = predict(session, data.x)
     auc, ci = metrics.auc_with_ci(probs, data.labels)
     sens, spec = metrics.sensitivity_specificity(probs, data.labels, threshold)
+    dices = metrics.case_dice(maps, data.masks)
     return Figures(n=len(probs), n_positive=int(data.labels.sum()), auc=auc, auc_ci95=ci,
                    sensitivity=sens, specificity=spec,
-                   dice=metrics.mean_dice(maps, data.masks),
+                   dice=float(dices.mean()), dice_sd=float(dices.std(ddof=1)),
                    peak_in_lesion=metrics.peak_in_lesion(maps, data.masks))
 
 

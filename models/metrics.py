@@ -47,7 +47,7 @@ def auc_with_ci(scores: np.ndarray, labels: np.ndarray, z: float = 1.959964,
 def threshold_for_sensitivity(scores: np.ndarray, labels: np.ndarray, target: float) -> float:
     """The highest threshold whose sensitivity (score >= threshold) reaches `target`."""
     pos = np.sort(scores[labels.astype(bool)])
-    k = int(math.floor((1.0 - target) * len(pos)))
+    k = math.floor((1.0 - target) * len(pos))
     return float(pos[min(k, len(pos) - 1)])
 
 
@@ -64,10 +64,13 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * inter / total)
 
 
+def case_dice(prob_maps: np.ndarray, masks: np.ndarray, level: float = 0.5) -> np.ndarray:
+    """Per-case Dice over the cases with a lesion, map thresholded at `level`."""
+    return np.array([dice(p >= level, t) for p, t in zip(prob_maps, masks) if t.any()])
+
+
 def mean_dice(prob_maps: np.ndarray, masks: np.ndarray, level: float = 0.5) -> float:
-    """Mean per-case Dice over the cases with a lesion, map thresholded at `level`."""
-    values = [dice(p >= level, t) for p, t in zip(prob_maps, masks) if t.any()]
-    return float(np.mean(values))
+    return float(np.mean(case_dice(prob_maps, masks, level)))
 
 
 def peak_in_lesion(prob_maps: np.ndarray, masks: np.ndarray) -> float:
