@@ -211,14 +211,19 @@ async def test_a_pose_flood_is_cut_to_the_rate_limit(world: World):
     flood = range(10_000_000, 10_000_000 + 20 * POSES_PER_S)
     for ts in flood:  # twenty seconds' worth at once
         crew.client.send_data({**pose, "rtp_timestamp": ts})
+    # SCTP delivers the flood at a few hundred poses a second here (slower on a
+    # busy machine): the bucket overflows within a few seconds.
     await crew.client.wait_until(
-        lambda: any(r.get("code") == "rate_limited" for r in crew.client.publish_replies))
-    assert [r["code"] for r in crew.client.publish_replies].count("rate_limited") == 1
+        lambda: any(r.get("code") == "rate_limited" for r in crew.client.publish_replies), 20)
+    # Said once per run of refusals, not once per dropped pose: a flood that
+    # arrives near the limit may open a few runs.
+    said = [r["code"] for r in crew.client.publish_replies].count("rate_limited")
+    assert 1 <= said <= 5
     # The crew's own per-frame poses (the ones with a frame_id) go on being
     # relayed after the flood.
     frame_after_flood = crew.camera.frame_count + 5
     await expert.wait_until(lambda: any(m.get("frame_id", -1) >= frame_after_flood
-                                        for m in expert.data_messages[-5:]))
+                                        for m in expert.data_messages[-5:]), 30)
     relayed = [m for m in expert.data_messages if "frame_id" not in m]
     # The burst allowance passes, then the sustained rate while the flood
     # drains through SCTP (a few seconds here): far from all of it.
