@@ -47,8 +47,8 @@ def render(picture: np.ndarray, result: InferenceResult, heatmap: bool = True,
     bar = width >= 64 and heatmap and result.probability_map is not None
     if heatmap and result.probability_map is not None:
         u0, v0, u1, v1 = map_uv_box
-        x0, y0 = int(round(u0 * width)), int(round(v0 * height))
-        x1, y1 = int(round(u1 * width)), int(round(v1 * height))
+        x0, y0 = round(u0 * width), round(v0 * height)
+        x1, y1 = round(u1 * width), round(v1 * height)
         resized = cv2.resize(result.probability_map.astype(np.float32),
                              (max(1, x1 - x0), max(1, y1 - y0)), interpolation=cv2.INTER_LINEAR)
         full = np.zeros((height, width), np.float32)

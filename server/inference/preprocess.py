@@ -55,7 +55,7 @@ def ct_resample(hu: np.ndarray, pixel_spacing_mm: tuple[float, float],
 def body_centre(hu: np.ndarray, threshold_hu: float = -500.0) -> tuple[int, int]:
     """Row and column of the centre of the largest connected non-air region."""
     body = (hu > threshold_hu).astype(np.uint8)
-    count, labels, stats, centroids = cv2.connectedComponentsWithStats(body, connectivity=8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(body, connectivity=8)
     if count <= 1:
         return hu.shape[0] // 2, hu.shape[1] // 2
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
