@@ -18,6 +18,8 @@ from starlette.websockets import WebSocket
 
 import server
 from server.config import Config
+from server.inference.live import LiveInference
+from server.inference.registry import ModelRegistry
 from server.rooms.room import RoomRegistry
 from server.sfu import aiortc_seams
 from server.signaling.session import SignalingSession
@@ -35,7 +37,9 @@ def _percentile(values: list[float], q: float) -> float | None:
 def create_app(config: Config) -> Starlette:
     aiortc_seams.use_loopback_ice(config.ice_loopback or config.ice_loopback_only,
                                   only=config.ice_loopback_only)
-    registry = RoomRegistry(config)
+    # Models load once, at start; a broken one is logged and skipped.
+    inference = LiveInference(ModelRegistry.from_env())
+    registry = RoomRegistry(config, inference)
     started = time.time()
 
     @contextlib.asynccontextmanager
@@ -43,6 +47,7 @@ def create_app(config: Config) -> Starlette:
         yield
         # Close every peer connection, or shutdown (and test teardown) hangs.
         await registry.close()
+        await inference.close()
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({
@@ -80,6 +85,18 @@ def create_app(config: Config) -> Starlette:
                 out.append(entry)
         return JSONResponse(out)
 
+    async def models(request: Request) -> JSONResponse:
+        """The models loaded at start (name, version, modality, the clinical-use
+        flag, held-out figures) and the files that were skipped, with why."""
+        loaded = inference.registry
+        return JSONResponse({
+            "models": [{"name": c.name, "version": c.version, "modality": c.modality,
+                        "task": c.task, "not_for_clinical_use": c.not_for_clinical_use,
+                        "evaluation": msgspec.to_builtins(c.evaluation)}
+                       for c in (loaded.get(n).card for n in loaded.names)],
+            "problems": [{"file": p.file, "reason": p.reason} for p in loaded.problems],
+        })
+
     async def signaling(websocket: WebSocket) -> None:
         await SignalingSession(websocket, registry, config).run()
 
@@ -92,10 +109,12 @@ def create_app(config: Config) -> Starlette:
         Route("/healthz", health),
         Route("/api/rooms", rooms),
         Route("/api/stats", stats),
+        Route("/api/models", models),
         WebSocketRoute("/ws", signaling),
         Mount("/app", StaticFiles(directory=WEB_ROOT, html=True), name="app"),
     ], lifespan=lifespan)
     app.state.registry = registry
+    app.state.inference = inference
     app.state.config = config
     return app
 

@@ -16,7 +16,7 @@ import time
 import av
 import cv2
 import numpy as np
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.mediastreams import AUDIO_PTIME
 
 from clients.sdk import framecode
@@ -122,6 +122,45 @@ class SyntheticCameraTrack(MediaStreamTrack):
         return frame
 
 
+class SyntheticUltrasoundTrack(MediaStreamTrack):
+    """A wireless ultrasound probe held still over a FAST view: one phantom's
+    anatomy (models/phantoms/ultrasound.py) with fresh speckle every frame
+    (a loop of `variants` frames, made up front: a phantom costs about 20 ms,
+    too much for the event loop at 30 fps). `fluid_mask` is the truth the
+    server's overlays can be checked against."""
+
+    kind = "video"
+
+    def __init__(self, size: int = 256, fps: int = 30, seed: int = 19,
+                 fluid: bool = True, variants: int = 12) -> None:
+        super().__init__()
+        from models.phantoms import ultrasound
+        self.size, self.fps, self.frame_count = size, fps, 0
+        cases = [ultrasound.generate(np.random.default_rng(seed), size, fluid,
+                                     speckle_rng=np.random.default_rng((seed, k)))
+                 for k in range(variants)]
+        self._images = [c.image for c in cases]
+        self.fluid_mask = cases[0].fluid_mask
+        self._chroma = np.full((size // 2, size // 2), 128, np.uint8)
+        self._start: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        frame_id = self.frame_count
+        delay = self._start + frame_id / self.fps - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.frame_count += 1
+        luma = self._images[frame_id % len(self._images)]
+        yuv = np.concatenate([luma, self._chroma.reshape(-1, self.size),
+                              self._chroma.reshape(-1, self.size)])
+        frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        frame.pts = frame_id * (VIDEO_CLOCK_RATE // self.fps)
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+        return frame
+
+
 class ToneTrack(MediaStreamTrack):
     """The headset microphone, simulated: a quiet 440 Hz tone."""
 
@@ -161,10 +200,13 @@ class SimulatedCrew:
     """A crew peer publishing the simulated headset: video, audio and poses."""
 
     def __init__(self, client: GoldenHourClient, width: int = 1280, height: int = 720,
-                 fps: int = 30, audio: bool = True, video_codec: str | None = None) -> None:
+                 fps: int = 30, audio: bool = True, video_codec: str | None = None,
+                 ultrasound: SyntheticUltrasoundTrack | None = None) -> None:
         self.client = client
         self.camera = SyntheticCameraTrack(width, height, fps)
         self.audio = ToneTrack() if audio else None
+        #: A probe published as a second video track, labelled "ultrasound".
+        self.ultrasound = ultrasound
         self.video_codec = video_codec
         self.poses_sent = 0
         self._last_timestamp: int | None = None
@@ -184,6 +226,18 @@ class SimulatedCrew:
         sender = next(t.sender for t in self.client.publish_pc.getTransceivers()
                       if t.kind == "video")
         aiortc_seams.watch_sent_rtp(sender, self._on_video_packet)
+        if self.ultrasound is not None:
+            await self._publish_ultrasound()
+
+    async def _publish_ultrasound(self) -> None:
+        """Add the probe to the publish connection, named as ultrasound
+        (protocol: `publish.sources`), so the server runs its model on it."""
+        pc = self.client.publish_pc
+        transceiver = pc.addTransceiver(self.ultrasound, direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        answer = await self.client.request({"type": "publish", "sdp": pc.localDescription.sdp,
+                                            "sources": {transceiver.mid: "ultrasound"}})
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
 
     def _on_video_packet(self, sequence_number: int, timestamp: int, marker: bool) -> None:
         if timestamp == self._last_timestamp:

@@ -76,14 +76,15 @@ MAX_REMOTE_CANDIDATES = 32
 PUBLISHABLE = {"crew": {"audio", "video"}, "expert": {"audio"}, "observer": set()}
 
 
-def _sending_kinds(sdp: str) -> set[str]:
+def _sending_media(sdp: str) -> dict[str | None, str]:
+    """The kind of each m-line the offer sends on, by mid."""
     try:
         description = SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc raises ValueError, IndexError, KeyError...
         raise m.ProtocolError("invalid_sdp", f"SDP could not be parsed: {exc!r}") from None
     if not description.media:
         raise m.ProtocolError("invalid_sdp", "SDP has no media sections")
-    return {media.kind for media in description.media
+    return {media.rtp.muxId: media.kind for media in description.media
             if media.kind in ("audio", "video") and media.direction in (None, "sendrecv",
                                                                         "sendonly")}
 
@@ -172,13 +173,21 @@ class Peer:
 
     @property
     def video_producer(self) -> Producer | None:
-        return next((p for p in self._producers.values() if p.kind == "video"), None)
+        """The camera (poses belong to it), not an ultrasound probe."""
+        return next((p for p in self._producers.values() if p.kind == "video"
+                     and self.room.source_of(p.id) != "ultrasound"), None)
 
     # --- publishing -----------------------------------------------------------
 
-    async def publish(self, sdp: str) -> m.PublishAnswer:
+    async def publish(self, sdp: str, sources: dict[str, str] | None = None,
+                      ) -> m.PublishAnswer:
         allowed = PUBLISHABLE[self.role]
-        kinds = _sending_kinds(sdp)
+        media = _sending_media(sdp)
+        kinds = set(media.values())
+        for mid in sources or {}:
+            if media.get(mid) != "video":
+                raise m.ProtocolError("invalid_field", f"publish: sources names mid {mid!r}, "
+                                      "which is not a video m-line of the offer", "publish")
         if not allowed:
             raise m.ProtocolError("forbidden", f"role {self.role} may not publish", "publish")
         if kinds - allowed:
@@ -214,6 +223,8 @@ class Peer:
                 transceiver.receiver, transceiver.kind, codecs[0].mimeType,
                 dict(codecs[0].parameters), self.id)
             self._producers[key] = producer
+            if producer.kind == "video":
+                self.room.set_source(producer.id, (sources or {}).get(key, "camera"))
             created.append(producer)
         if created:
             log.info("peer published", extra={"peer": self.id, "room": self.room.name,
@@ -306,7 +317,8 @@ class Peer:
             self._awaiting_answer = True
             tracks = [m.TrackInfo(mid=slot.transceiver.mid, producer_id=p.id, peer_id=p.peer_id,
                                   kind=p.kind, codec=p.mime_type,
-                                  rtp_timestamp_offset=slot.timestamp_offset)
+                                  rtp_timestamp_offset=slot.timestamp_offset,
+                                  source=self.room.source_of(p.id))
                       for slot in self._slots
                       if (p := slot.producer) is not None and slot.transceiver.mid is not None]
             self._notify(m.SubscribeOffer(sdp=pc.localDescription.sdp, revision=self._revision,

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 
 from server.config import Config
+from server.inference.live import LiveInference, LiveResult
 from server.rooms.annotating import RoomAnnotations
 from server.rooms.peer import Peer
 from server.rooms.poses import PoseHistory
@@ -31,13 +32,16 @@ FIRST_PACKET_WAIT_S = 2.0
 class Room:
     """One emergency: a crew (or several), the experts guiding them, observers."""
 
-    def __init__(self, name: str, persistent: bool = False) -> None:
+    def __init__(self, name: str, persistent: bool = False,
+                 inference: LiveInference | None = None) -> None:
         self.name = name
         self.persistent = persistent
         self.created_at = time.time()
         self.router = Router()
         self._peers: dict[str, Peer] = {}
         self._poses: dict[str, PoseHistory] = {}
+        self._sources: dict[str, str] = {}  # video producer id -> camera | ultrasound
+        self._inference = inference
         self._tasks: set[asyncio.Task] = set()
         self.annotations = RoomAnnotations(self)
 
@@ -47,6 +51,12 @@ class Room:
 
     def pose_history(self, producer_id: str) -> PoseHistory | None:
         return self._poses.get(producer_id)
+
+    def set_source(self, producer_id: str, source: str) -> None:
+        self._sources[producer_id] = source
+
+    def source_of(self, producer_id: str) -> str | None:
+        return self._sources.get(producer_id)
 
     @staticmethod
     def _receives(peer: Peer, producer: Producer) -> bool:
@@ -94,7 +104,10 @@ class Room:
         if source.id not in self._peers:
             return  # it left before we got here
         for producer in producers:
-            if producer.kind == "video":
+            if self._sources.get(producer.id) == "ultrasound":
+                if self._inference is not None:
+                    self._inference.watch(producer, self._on_live_result)
+            elif producer.kind == "video":
                 self._poses.setdefault(producer.id, PoseHistory())
         peers = [p for p in self.peers if p is not source]
         results = await asyncio.gather(
@@ -116,12 +129,32 @@ class Room:
             if peer is not source:
                 peer.send_data(data)
 
+    def _on_live_result(self, live: LiveResult) -> None:
+        """A model's result about an ultrasound frame: to everyone in the room
+        (the experts draw it over the video, the crew's glasses show a panel)."""
+        result = live.result
+        overlay = m.Overlay(
+            producer_id=live.producer_id, peer_id=result.provenance.get("peer_id", ""),
+            rtp_timestamp=live.rtp_timestamp, model=result.model, version=result.version,
+            probability=round(result.probability, 4), threshold=result.threshold,
+            positive=result.positive,
+            contours=[[list(point) for point in polygon] for polygon in result.contours_uv_norm],
+            frame_width=live.frame_width, frame_height=live.frame_height,
+            not_for_clinical_use=result.not_for_clinical_use, input=result.provenance,
+            inference_ms=round(result.inference_ms, 2))
+        data = m.encode(overlay, binary=True)  # once, for every peer
+        for peer in self._peers.values():
+            peer.send_data(data)
+
     async def leave(self, peer: Peer) -> None:
         if self._peers.pop(peer.id, None) is None:
             return
         closed = self.router.close_peer(peer.id)
         for producer_id in closed:
             self._poses.pop(producer_id, None)
+            self._sources.pop(producer_id, None)
+            if self._inference is not None:
+                await self._inference.unwatch(producer_id)
         for other in self._peers.values():
             other.release(closed)
         await peer.close()
@@ -147,15 +180,17 @@ class RoomRegistry:
     external store when rooms span machines.
     """
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, inference: LiveInference | None = None) -> None:
         self._config = config
+        self._inference = inference
         self._rooms: dict[str, Room] = {}
         #: Lobby pages listening for guidance requests (their send functions).
         self._lobby: set[Callable[[m._Message], None]] = set()
         #: Open guidance requests, newest last: room name -> the request.
         self.guidance_requests: dict[str, m.GuidanceRequested] = {}
         if config.demo_room:
-            self._rooms[config.demo_room] = Room(config.demo_room, persistent=True)
+            self._rooms[config.demo_room] = Room(config.demo_room, persistent=True,
+                                                 inference=inference)
 
     @property
     def rooms(self) -> tuple[Room, ...]:
@@ -193,7 +228,7 @@ class RoomRegistry:
         if room is not None:
             return room
         if create and role == "crew" and self._config.crew_may_create_rooms:
-            room = self._rooms[name] = Room(name)
+            room = self._rooms[name] = Room(name, inference=self._inference)
             log.info("room created", extra={"room": name})
             return room
         hint = " (only a crew may create a room, with create: true)" if create or role == "crew" \

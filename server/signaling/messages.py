@@ -61,8 +61,16 @@ class Join(_Message, tag="join"):
     create: bool = False
 
 
+#: What a published video track shows: the headset's camera (the default) or
+#: an ultrasound probe, whose frames the server decodes and runs a model on.
+VideoSource = Literal["camera", "ultrasound"]
+
+
 class PublishOffer(_Message, tag="publish"):
     sdp: Sdp
+    #: The source of each video m-line of the offer, by mid; unnamed ones are cameras.
+    sources: Annotated[dict[Annotated[str, msgspec.Meta(max_length=32)], VideoSource],
+                       msgspec.Meta(max_length=16)] | None = None
 
 
 class SubscribeAnswer(_Message, tag="subscribe_answer"):
@@ -288,6 +296,8 @@ class TrackInfo(msgspec.Struct, kw_only=True):
     #: 2**32); poses are keyed by the publisher's timestamps. 0 unless the
     #: m-line was reused after its previous producer left.
     rtp_timestamp_offset: int = 0
+    #: For video: "camera" or "ultrasound" (overlays name the ultrasound track).
+    source: str | None = None
 
 
 class Joined(_Message, tag="joined"):
@@ -363,6 +373,31 @@ class CameraPose(_Message, tag="pose"):
 
 
 DataMessage = Union[CameraPose, Error]
+
+
+class Overlay(_Message, tag="overlay"):
+    """A model's result about one frame of an ultrasound track (server -> clients)."""
+
+    #: The ultrasound track and its publisher.
+    producer_id: str
+    peer_id: str
+    #: The frame's RTP timestamp on the publisher's clock (add the track's
+    #: rtp_timestamp_offset to find it among the frames a subscriber receives).
+    rtp_timestamp: Uint32
+    model: str
+    version: str
+    probability: float
+    threshold: float
+    positive: bool
+    #: Outlines (map >= 0.5) as polygons of [u, v], normalised to the frame
+    #: (0..1, origin top-left).
+    contours: list[list[list[float]]]
+    frame_width: int
+    frame_height: int
+    not_for_clinical_use: bool
+    #: Where the input came from: track, frame, gate notes.
+    input: dict
+    inference_ms: float
 
 
 # --- codec ------------------------------------------------------------------

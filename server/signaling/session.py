@@ -120,7 +120,7 @@ class SignalingSession:
                                   f"{type(message).__name__}", None, message.id)
         try:
             if isinstance(message, m.PublishOffer):
-                answer = await peer.publish(message.sdp)
+                answer = await peer.publish(message.sdp, message.sources)
                 answer.id = message.id
                 self.send(answer)
             elif isinstance(message, m.SubscribeAnswer):
