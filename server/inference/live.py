@@ -8,6 +8,11 @@ decoded frame to a LatestFrameRunner, which runs the model on the newest frame
 and drops the ones that arrive while it is busy. Each result comes back with
 the frame's RTP timestamp, on the publisher's clock, so clients draw it on
 the frame it is about.
+
+It reuses aiortc's own frame assembly and decoders (aiortc.jitterbuffer,
+aiortc.codecs.depayload and get_decoder: module-level functions, not the
+private attributes server/sfu/aiortc_seams.py isolates); aiortc is pinned,
+and tests/test_inference_live.py exercises them end to end before an upgrade.
 """
 
 from __future__ import annotations
