@@ -40,7 +40,7 @@ _RTP_SLACK_TICKS = 2
 _LASER_RATE_HZ = 30
 #: How long an annotation waits for its frame's pose, which travels on the data
 #: channel and may arrive after the frame itself was shown.
-_POSE_WAIT_S = 0.5
+_POSE_WAIT_S = 2.0
 #: How often the room works out which annotation points a crew's camera cannot
 #: see (occlusion changes as fast as the wearer moves; 5 Hz is plenty for dashes).
 _VISIBILITY_INTERVAL_S = 0.2
@@ -223,7 +223,7 @@ class RoomAnnotations:
         raise AnnotationRefused(
             "no_pose",
             f"{what}: no camera pose for RTP timestamp {rtp_timestamp} of track {producer_id!r} "
-            "(the server keeps the last 300 frames' poses, and the frame an expert froze)",
+            "(it waited 2 s; the server keeps the last 300 frames' poses, and the frame an expert froze)",
         )
 
     async def _frame(self, producer_id: str, rtp_timestamp: int, what: str, peer_id: str | None = None) -> tuple[str, FramePose]:
@@ -244,15 +244,22 @@ class RoomAnnotations:
     async def _annotate(self, peer: Peer, message: m.Annotate) -> m.AnnotationInfo:
         if peer.role == "observer":
             raise AnnotationRefused("forbidden", "annotate: observers watch; they do not draw")
+        started = time.perf_counter()
         crew_peer_id, frame = await self._frame(message.producer_id, message.rtp_timestamp, "annotate", peer.id)
+        found_pose = time.perf_counter()
         author = self.service.author(peer.id, peer.name)
         annotation = await self.service.anchor(
             author, crew_peer_id, message.producer_id, frame, message.kind, message.points,
             text=message.text, client_ref=message.client_ref,
         )
+        done = time.perf_counter()
         self._tell_others(peer, annotation_message(annotation))
-        log.info("annotation anchored", extra={"room": self._room.name, "annotation": annotation.annotation_id,
-                                               "kind": annotation.kind.value, "anchor_ms": round(annotation.anchor_ms, 2)})
+        # Where the server's part of the round trip goes: waiting for the frame's
+        # pose, queueing for and running the geometry thread.
+        log.info("annotation anchored", extra={
+            "room": self._room.name, "annotation": annotation.annotation_id, "kind": annotation.kind.value,
+            "pose_wait_ms": round((found_pose - started) * 1e3, 2), "anchor_ms": round(annotation.anchor_ms, 2),
+            "server_ms": round((done - started) * 1e3, 2)})
         reply = annotation_message(annotation)
         reply.id = message.id
         return reply
