@@ -5,8 +5,9 @@ annotation back on that page, on loopback.
     python bench/annotation_roundtrip.py --quick     # 15 of each
 
 A GoldenHour server (in-process, on loopback), a simulated crew inside the
-synthetic ambulance (its spatial map sent, 85k triangles) and a headless
-Chromium expert page. The page draws by synthesized pointer events; the figure
+synthetic ambulance in a process of its own (`goldenhour crew --simulate
+--no-walk`, its spatial map sent, 85k triangles) and a headless Chromium
+expert page. The page draws by synthesized pointer events; the figure
 is the page's own clock from the pointer-up that ends a drawing to the
 anchored `annotation` reply (telestration.js records it). As the baseline, the
 same page times a `ping` → `pong` over the same WebSocket in the same run: the
@@ -24,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -34,8 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from clients.hololens_bridge.scene_crew import SceneCrew  # noqa: E402
-from clients.sdk.client import GoldenHourClient  # noqa: E402
+from vision.synthetic import ambulance_scene  # noqa: E402
 from tests.browser.conftest import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402
 from tests.conftest import loopback_config, start_server  # noqa: E402
 
@@ -69,12 +70,31 @@ def main() -> int:
     n = 15 if args.quick else 60
     from playwright.sync_api import sync_playwright
 
+    # The server's JSON log says, per annotation, how long it waited for the
+    # frame's pose and how long anchoring took: where the round trip goes.
+    from server import logs
+    logs.configure("INFO")
     loop = Loop()
     server_context = start_server(loopback_config())
     server = loop.run(server_context.__aenter__())
-    crew = SceneCrew(GoldenHourClient(server.ws, "bench", "crew", "Bench crew", create=True),
-                     width=640, height=360)
-    loop.run(crew.start(), timeout=120)
+    # The crew runs in a process of its own, as a headset would: in the server's
+    # process its VP8 encoder and renderer would compete for the GIL.
+    crew = subprocess.Popen([sys.executable, "-m", "server.cli", "--log-level", "WARNING", "crew",
+                             "--simulate", "--no-walk", "--url", server.ws, "--room", "bench",
+                             "--name", "Bench crew", "--loopback-only"], cwd=REPO)
+    registry = server.app.state.registry
+    scene_triangles = len(ambulance_scene(0).triangles)
+
+    def map_complete() -> bool:
+        room = registry.get("bench")
+        crews = [p for p in room.peers if p.role == "crew"] if room else []
+        return bool(crews) and room.annotations.service.spatial_map(crews[0].id).snapshot().triangle_count >= scene_triangles
+
+    deadline = time.time() + 120
+    while not map_complete():
+        if time.time() > deadline or crew.poll() is not None:
+            raise SystemExit("the simulated crew did not publish its spatial map in 120 s")
+        time.sleep(0.2)
     results: dict[str, dict] = {}
     try:
         with sync_playwright() as playwright:
@@ -130,10 +150,10 @@ def main() -> int:
                 return out;
             }""", n)
             results["ping_baseline"] = summary(pings)
-            anchor_ms = [a.get("anchor_ms", 0.0) for a in crew.client.annotations.values()]
             browser.close()
     finally:
-        loop.run(crew.stop())
+        crew.terminate()
+        crew.wait(10)
         loop.run(server_context.__aexit__(None, None, None))
 
     print(f"\nannotation round trip: pointer-up to anchored annotation on the same page "
@@ -147,8 +167,8 @@ def main() -> int:
         print(f"{label:28s}{r['n']:5d}{r['p50_ms']:9.1f}{r['p90_ms']:9.1f}{r['p99_ms']:9.1f}"
               f"{r['max_ms']:9.1f}{r['ratio_to_ping_p50']:10.1f}")
     goal_met = all(results[k]["p99_ms"] < 50.0 for k in ("point", "stroke_40"))
-    print(f"\ngoal p99 < 50 ms: {'met' if goal_met else 'NOT met'}; server anchoring itself "
-          f"(still-held annotations): median {statistics.median(anchor_ms) if anchor_ms else float('nan'):.2f} ms")
+    print(f"\ngoal p99 < 50 ms: {'met' if goal_met else 'NOT met'} (the server's own share is in its "
+          "log: 'annotation anchored' with pose_wait_ms, anchor_ms and server_ms)")
     report = {"benchmark": "annotation_roundtrip", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
               "results": results, "goal_p99_ms": 50.0, "goal_met": goal_met}
