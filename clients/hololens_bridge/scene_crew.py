@@ -64,25 +64,17 @@ class SceneCrew(SimulatedCrew):
                 await asyncio.sleep(step_s)
             seed += 1
 
-    def _on_video_packet(self, sequence_number: int, timestamp: int, marker: bool) -> None:
-        if timestamp == self._last_timestamp:
-            return
-        self._last_timestamp = timestamp
-        captured = self.camera.frame_of_rtp(timestamp)
-        channel = self.client.publish_channel
-        if captured is None or channel is None or channel.readyState != "open":
-            return
+    def _pose_message(self, timestamp: int, captured: tuple) -> dict:
+        """The pose a frame was rendered at, with the scene camera's intrinsics."""
         frame_id, capture_ms, T_world_camera = captured
         intrinsics = self.camera.intrinsics
-        self.client.send_data({
-            "type": "pose", "rtp_timestamp": timestamp,
-            "T_world_camera": [float(v) for v in T_world_camera.reshape(-1)],
-            "intrinsics": {"width": intrinsics.width, "height": intrinsics.height,
-                           "fx": intrinsics.fx, "fy": intrinsics.fy,
-                           "cx": intrinsics.cx, "cy": intrinsics.cy,
-                           "distortion": list(intrinsics.distortion)},
-            "capture_time_ms": capture_ms, "frame_id": frame_id})
-        self.poses_sent += 1
         self.sent_poses[timestamp] = T_world_camera
         if len(self.sent_poses) > 600:
             del self.sent_poses[next(iter(self.sent_poses))]
+        return {"type": "pose", "rtp_timestamp": timestamp,
+                "T_world_camera": [float(v) for v in T_world_camera.reshape(-1)],
+                "intrinsics": {"width": intrinsics.width, "height": intrinsics.height,
+                               "fx": intrinsics.fx, "fy": intrinsics.fy,
+                               "cx": intrinsics.cx, "cy": intrinsics.cy,
+                               "distortion": list(intrinsics.distortion)},
+                "capture_time_ms": capture_ms, "frame_id": frame_id}

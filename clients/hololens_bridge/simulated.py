@@ -247,12 +247,15 @@ class SimulatedCrew:
         channel = self.client.publish_channel
         if captured is None or channel is None or channel.readyState != "open":
             return
-        frame_id, capture_ms, t = captured
-        self.client.send_data({
-            "type": "pose", "rtp_timestamp": timestamp, "T_world_camera": camera_pose(t),
-            "intrinsics": intrinsics(self.camera.width, self.camera.height),
-            "capture_time_ms": capture_ms, "frame_id": frame_id})
+        self.client.send_data(self._pose_message(timestamp, captured))
         self.poses_sent += 1
+
+    def _pose_message(self, timestamp: int, captured: tuple) -> dict:
+        """The `pose` message of the frame sent with this RTP timestamp."""
+        frame_id, capture_ms, t = captured
+        return {"type": "pose", "rtp_timestamp": timestamp, "T_world_camera": camera_pose(t),
+                "intrinsics": intrinsics(self.camera.width, self.camera.height),
+                "capture_time_ms": capture_ms, "frame_id": frame_id}
 
     def _on_remote_track(self, remote) -> None:
         self._drains.append(asyncio.ensure_future(self._drain(remote.track)))
