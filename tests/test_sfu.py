@@ -196,10 +196,12 @@ async def test_keyframe_requests_from_subscribers_are_coalesced_upstream(world: 
     producer = room.router.producer(remotes[0].info["producer_id"])
     before = producer.keyframe_requests_sent
 
+    asking_started = time.monotonic()
     for _ in range(5):
         for remote in remotes:
             for media_ssrc in aiortc_seams.receiver_media_ssrcs(remote.receiver):
                 await aiortc_seams.request_keyframe(remote.receiver, media_ssrc)
+    asking_s = time.monotonic() - asking_started
     consumers = producer.consumers
     # aiortc's own receivers may add a PLI of their own: at least our five.
     await experts[0].wait_until(lambda: all(c.keyframe_requests >= 5 for c in consumers), 3)
@@ -207,7 +209,10 @@ async def test_keyframe_requests_from_subscribers_are_coalesced_upstream(world: 
     # Coalesced but never dropped: a request goes upstream after the last ask.
     await experts[0].wait_until(lambda: producer.last_keyframe_request_at >= last_asked, 3)
     # Ten asks within a few milliseconds become one or two requests, not ten.
-    assert 1 <= producer.keyframe_requests_sent - before <= 2
+    # On a busy machine the asks themselves may span more than one 0.3 s
+    # coalescing window: allow one more request per window they spanned.
+    windows = int(asking_s / 0.3)
+    assert 1 <= producer.keyframe_requests_sent - before <= 2 + windows < 10
 
 
 async def test_packet_loss_to_one_subscriber_is_repaired_by_retransmission(world: World):
