@@ -117,8 +117,10 @@ def test_expert_page_decodes_simulated_crew_frames_through_the_sfu(
     page.dispatch_event("#talk", "pointerup")
     assert page.evaluate(mic_enabled) is False
     # The link quality indicator reads getStats.
-    page.wait_for_function("() => window.goldenhour.quality && window.goldenhour.quality.level !== 'unknown'")
-    assert page.evaluate("() => window.goldenhour.quality.bitrateKbps") > 50
+    # One 250 ms window can be nearly empty on a busy machine: wait for a
+    # window that saw the crew's video flowing.
+    page.wait_for_function("() => window.goldenhour.quality && window.goldenhour.quality.bitrateKbps > 50")
+    assert page.evaluate("() => window.goldenhour.quality.level") in ("good", "fair", "poor")
 
     # The pose relayed on the data channel for the displayed frame's RTP
     # timestamp is that very frame's pose.
