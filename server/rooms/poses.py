@@ -20,6 +20,7 @@ class PoseHistory:
         self._capacity = capacity
         self._poses: OrderedDict[int, CameraPose] = OrderedDict()
         self._arrived = asyncio.Event()
+        self._waiting = 0
 
     def __len__(self) -> int:
         return len(self._poses)
@@ -29,9 +30,11 @@ class PoseHistory:
         self._poses.move_to_end(pose.rtp_timestamp)
         while len(self._poses) > self._capacity:
             self._poses.popitem(last=False)
-        # Wake whoever waits for a pose that had not arrived yet.
-        self._arrived.set()
-        self._arrived = asyncio.Event()
+        # Wake whoever waits for a pose that had not arrived yet (rarely anyone:
+        # poses come 30 times a second, so keep this path free when no one waits).
+        if self._waiting:
+            self._arrived.set()
+            self._arrived = asyncio.Event()
 
     def get(self, rtp_timestamp: int) -> CameraPose | None:
         return self._poses.get(rtp_timestamp)
@@ -62,8 +65,11 @@ class PoseHistory:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
+            self._waiting += 1
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
                 return None
+            finally:
+                self._waiting -= 1
         return pose
