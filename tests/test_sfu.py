@@ -212,7 +212,9 @@ async def test_keyframe_requests_from_subscribers_are_coalesced_upstream(world: 
     # On a busy machine the asks themselves may span more than one 0.3 s
     # coalescing window: allow one more request per window they spanned.
     windows = int(asking_s / 0.3)
-    assert 1 <= producer.keyframe_requests_sent - before <= 2 + windows < 10
+    # (+1: a join-time re-ask, every 0.5 s while a subscriber still waits for its
+    # first keyframe, can land in the same span on a slow machine.)
+    assert 1 <= producer.keyframe_requests_sent - before <= 3 + windows < 10
 
 
 async def test_packet_loss_to_one_subscriber_is_repaired_by_retransmission(world: World):
