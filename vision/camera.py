@@ -266,10 +266,20 @@ def world_from_unity_transform(T_unity: np.ndarray) -> np.ndarray:
 def unity_quaternion_from_world_rotation(R_world: np.ndarray) -> np.ndarray:
     """Unity's (x, y, z, w) quaternion of a rotation given in our world frame."""
     R = (_S[:3, :3] @ R_world @ _S[:3, :3])
-    return _quaternion_xyzw(R)
+    return quaternion_xyzw(R)
 
 
-def _quaternion_xyzw(R: np.ndarray) -> np.ndarray:
+def rotation_from_quaternion_xyzw(q_xyzw: np.ndarray) -> np.ndarray:
+    """The 3x3 rotation of an (x, y, z, w) quaternion (normalised first)."""
+    x, y, z, w = np.asarray(q_xyzw, dtype=np.float64) / np.linalg.norm(q_xyzw)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def quaternion_xyzw(R: np.ndarray) -> np.ndarray:
+    """The unit (x, y, z, w) quaternion of a 3x3 rotation matrix."""
     # Shepperd's method: pick the largest diagonal term for numerical stability.
     trace = R[0, 0] + R[1, 1] + R[2, 2]
     if trace > 0:

@@ -74,6 +74,8 @@ class GoldenHourClient:
         self.last_visibility: dict | None = None
         self.on_track: Callable[[RemoteTrack], None] | None = None
         self.on_data: Callable[[dict], None] | None = None
+        #: Called with each signaling message that is not a reply to our request.
+        self.on_message: Callable[[dict], None] | None = None
         self.publish_pc: RTCPeerConnection | None = None
         self.publish_channel: RTCDataChannel | None = None
         self._create = create
@@ -214,6 +216,8 @@ class GoldenHourClient:
                 self.last_visibility = message
             elif kind == "error" and future is None:
                 self.errors.append(message)
+            if self.on_message is not None:
+                self.on_message(message)
 
     # --- publishing -----------------------------------------------------------
 

@@ -1,0 +1,280 @@
+"""The headset bridge: a headset's streams in, a `crew` peer out, holograms back.
+
+It reads the headset (hl2ss, the simulated headset, or a replay), publishes
+to the server as a crew peer — the headset's own H.264 passed through, a pose
+per frame keyed by the RTP timestamp it leaves with, the microphone, the
+spatial map as map blocks — and keeps the headset's holograms equal to the
+room's anchored annotations. If the server or the network drops, it
+reconnects with backoff, republishes, re-sends the map, and the holograms are
+reconciled with the server's current state (docs/hololens.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+import numpy as np
+
+from clients.hololens_bridge import hl2ss_wire as wire
+from clients.hololens_bridge.headset import MapUpdate
+from clients.hololens_bridge.headset_scene import HologramSync, UnityQueue
+from clients.hololens_bridge.media import EncodedVideoTrack, PcmAudioTrack
+from clients.sdk.client import GoldenHourClient
+from server.sfu import aiortc_seams
+from vision.spatial_map import split_into_blocks
+
+log = logging.getLogger(__name__)
+
+#: Triangles per map block sent to the server (protocol limit: 4000 and 2000 vertices).
+MAP_BLOCK_TRIANGLES = 1000
+
+
+class HeadsetSource(Protocol):
+    """What the bridge reads: a live headset or a recording."""
+
+    unity: UnityQueue | None
+
+    def video(self) -> AsyncIterator[wire.PvFrame]: ...
+    def audio(self) -> AsyncIterator[np.ndarray]: ...
+    def spatial_map(self) -> AsyncIterator[MapUpdate]: ...
+
+
+class Backoff:
+    """Exponential backoff with jitter: 0.25 s, 0.5 s, ... up to `cap_s`."""
+
+    def __init__(self, first_s: float = 0.25, cap_s: float = 8.0) -> None:
+        self.first_s, self.cap_s = first_s, cap_s
+        self.attempt = 0
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+    async def wait(self) -> None:
+        delay = min(self.cap_s, self.first_s * 2 ** self.attempt)
+        self.attempt += 1
+        await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+
+
+class Bridge:
+    """One headset published into one room."""
+
+    def __init__(self, source: HeadsetSource, url: str, room: str, name: str = "Headset",
+                 *, ssl_context: ssl.SSLContext | None = None, create: bool = True,
+                 ice_servers: list[dict] | None = None,
+                 make_client: Callable[[], GoldenHourClient] | None = None) -> None:
+        self.source = source
+        self._make_client = make_client or (lambda: GoldenHourClient(
+            url, room, "crew", name, create=create, ssl_context=ssl_context, ice_servers=ice_servers))
+        self.client: GoldenHourClient | None = None
+        self.video: EncodedVideoTrack | None = None
+        self.audio: PcmAudioTrack | None = None
+        self.holograms = HologramSync(source.unity) if source.unity is not None else None
+        #: surface name -> the map block ids it was sent as
+        self._surfaces: dict[str, wire.SurfaceMesh] = {}
+        self._blocks_of: dict[str, list[str]] = {}
+        self._map_changed = asyncio.Event()
+        self._annotations_changed = asyncio.Event()
+        self._last_timestamp: int | None = None
+        self.head_position_world_m = np.zeros(3)
+        self.connected = asyncio.Event()
+        self.sessions = 0
+        self.frames_received = 0
+        self.poses_sent = 0
+        self.map_blocks_sent = 0
+        #: block id -> triangles the server stored (its `map_block_stored` replies)
+        self.map_triangles_stored: dict[str, int] = {}
+        #: Headset packet complete -> first RTP packet of that frame on the wire (ms).
+        self.added_latency_ms: list[float] = []
+        self._tasks: list[asyncio.Task] = []
+        self._sent_intrinsics: dict | None = None
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._keep(self._read_video, "video")),
+                       asyncio.create_task(self._keep(self._read_audio, "audio")),
+                       asyncio.create_task(self._keep(self._read_map, "spatial map")),
+                       asyncio.create_task(self._serve())]
+        if self.holograms is not None:
+            self._tasks.append(asyncio.create_task(self._keep(self._sync_holograms, "holograms")))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.client is not None:
+            await self.client.close()
+        if self.source.unity is not None:
+            await self.source.unity.close()
+
+    async def request_guidance(self, reason: str | None = None) -> dict:
+        """The crew asks for an expert: the lobby pages alert."""
+        if self.client is None or not self.connected.is_set():
+            raise ConnectionError("not connected to the server")
+        return await self.client.request_guidance(reason)
+
+    async def _keep(self, run: Callable[[], object], what: str) -> None:
+        """Run a headset stream forever, reconnecting with backoff when it drops."""
+        backoff = Backoff()
+        while True:
+            started = time.monotonic()
+            try:
+                await run()  # type: ignore[misc]
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncio.IncompleteReadError, wire.WireError) as error:
+                log.warning("headset stream lost", extra={"stream": what, "error": repr(error)})
+            if time.monotonic() - started > 5.0:
+                backoff.reset()
+            await backoff.wait()
+
+    # --- server side ---------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        """Stay published: connect, publish, send the map; on loss, back off and redo."""
+        backoff = Backoff()
+        while True:
+            client = self._make_client()
+            try:
+                await self._publish(client)
+                backoff.reset()
+                await client.wait_closed()
+                log.warning("server connection lost; reconnecting")
+            except asyncio.CancelledError:
+                await client.close()
+                raise
+            except Exception as error:  # noqa: BLE001 - any failure to connect means retry
+                log.warning("could not publish to the server", extra={"error": repr(error)})
+            self.connected.clear()
+            await client.close()
+            if self.video is not None:
+                self.video.stop()
+            if self.audio is not None:
+                self.audio.stop()
+            await backoff.wait()
+
+    async def _publish(self, client: GoldenHourClient) -> None:
+        self.client = client
+        client.on_message = self._on_message
+        await client.connect()
+        self.video, self.audio = EncodedVideoTrack(), PcmAudioTrack(wire.MIC_SAMPLE_RATE, wire.MIC_CHANNELS)
+        self._last_timestamp = None
+        await client.publish([self.video, self.audio], data_channel=True, video_codec="video/H264")
+        assert client.publish_pc is not None
+        sender = next(t.sender for t in client.publish_pc.getTransceivers() if t.kind == "video")
+        aiortc_seams.watch_sent_rtp(sender, self._on_video_packet)
+        self.sessions += 1
+        self.connected.set()
+        # A new crew peer has an empty map on the server: send all of it again.
+        self._blocks_of.clear()
+        self._map_changed.set()
+        self._annotations_changed.set()
+        log.info("bridge published", extra={"room": client.room, "peer_id": client.state.peer_id})
+
+    def _on_message(self, message: dict) -> None:
+        if message.get("type") in ("annotation", "annotations_removed"):
+            self._annotations_changed.set()
+
+    def _on_video_packet(self, sequence_number: int, timestamp: int, marker: bool) -> None:
+        if timestamp == self._last_timestamp or self.video is None or self.client is None:
+            return
+        self._last_timestamp = timestamp
+        sent = self.video.frame_of_rtp(timestamp)
+        channel = self.client.publish_channel
+        if sent is None or channel is None or channel.readyState != "open":
+            return
+        self.added_latency_ms.append((time.perf_counter() - sent.received_s) * 1e3)
+        if len(self.added_latency_ms) > 10_000:
+            del self.added_latency_ms[:5_000]
+        frame: wire.PvFrame = sent.info  # type: ignore[assignment]
+        m = frame.metadata
+        self.client.send_data({
+            "type": "pose", "rtp_timestamp": timestamp,
+            "T_world_camera": [float(v) for v in frame.T_world_camera.reshape(-1)],
+            "intrinsics": {"width": m.width, "height": m.height, "fx": m.fx, "fy": m.fy,
+                           "cx": m.cx, "cy": m.cy, "distortion": []}})
+        self.poses_sent += 1
+
+    # --- headset side ---------------------------------------------------------------
+
+    async def _read_video(self) -> None:
+        async for frame in self.source.video():
+            self.frames_received += 1
+            if frame.T_world_camera is None:
+                continue  # the headset could not locate this frame: no pose, no anchoring
+            self.head_position_world_m = frame.T_world_camera[:3, 3].copy()
+            if self.video is not None and self.connected.is_set():
+                self.video.push(frame.annex_b, frame.timestamp_100ns, frame, frame.received_s)
+
+    async def _read_audio(self) -> None:
+        async for pcm in self.source.audio():
+            if self.audio is not None and self.connected.is_set():
+                self.audio.push(pcm)
+
+    async def _read_map(self) -> None:
+        sender = asyncio.create_task(self._send_map())
+        try:
+            async for update in self.source.spatial_map():
+                self._surfaces.update(update.changed)
+                for name in update.removed:
+                    self._surfaces.pop(name, None)
+                self._map_changed.set()
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+
+    async def _send_map(self) -> None:
+        """Send each changed surface as map blocks, and remove blocks no longer there."""
+        sent_versions: dict[str, int] = {}
+        while True:
+            await self._map_changed.wait()
+            self._map_changed.clear()
+            client = self.client
+            if client is None or not self.connected.is_set():
+                continue
+            if not self._blocks_of:
+                sent_versions.clear()  # a new session: everything again
+                self.map_triangles_stored.clear()
+            try:
+                for name in [n for n in self._blocks_of if n not in self._surfaces]:
+                    for block_id in self._blocks_of.pop(name):
+                        await client.request({"type": "map_block_remove", "block_id": block_id})
+                        self.map_triangles_stored.pop(block_id, None)
+                for name, mesh in list(self._surfaces.items()):
+                    if sent_versions.get(name) == id(mesh):
+                        continue
+                    ids = []
+                    for k, (_, vertices, triangles) in enumerate(split_into_blocks(
+                            mesh.vertices_world_m, mesh.triangles, MAP_BLOCK_TRIANGLES)):
+                        block_id = f"{name}/{k}"
+                        stored = await client.request({
+                            "type": "map_block", "block_id": block_id,
+                            "vertices": np.round(vertices, 5).reshape(-1).tolist(),
+                            "triangles": triangles.reshape(-1).tolist()})
+                        ids.append(block_id)
+                        self.map_blocks_sent += 1
+                        self.map_triangles_stored[block_id] = int(stored["triangles"])
+                        client.changed()
+                    for stale in self._blocks_of.get(name, [])[len(ids):]:
+                        await client.request({"type": "map_block_remove", "block_id": stale})
+                        self.map_triangles_stored.pop(stale, None)
+                    self._blocks_of[name] = ids
+                    sent_versions[name] = id(mesh)
+            except (ConnectionError, asyncio.TimeoutError) as error:
+                log.warning("map upload interrupted", extra={"error": repr(error)})
+
+    async def _sync_holograms(self) -> None:
+        assert self.holograms is not None
+        while True:
+            await self._annotations_changed.wait()
+            self._annotations_changed.clear()
+            client = self.client
+            if client is None or not self.connected.is_set():
+                continue
+            await self.holograms.sync(dict(client.annotations), self.head_position_world_m)

@@ -1,0 +1,114 @@
+"""Our client of a headset's hl2ss ports: PV video with poses, microphone, spatial map.
+
+hl2ss serves one client per port, so the bridge is the single consumer and
+fans the streams out through the server. Each stream is an async iterator
+that ends when its connection does; the bridge reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clients.hololens_bridge import hl2ss_wire as wire
+from clients.hololens_bridge.headset_scene import UnityQueue
+
+
+@dataclass
+class MapUpdate:
+    """Surfaces that are new or changed (name -> mesh in world metres) and those gone."""
+
+    changed: dict[str, wire.SurfaceMesh] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+
+
+class Hl2ssHeadset:
+    """A HoloLens 2 (or the simulated one) reached through its hl2ss ports."""
+
+    def __init__(self, host: str, ports: dict[str, int] | None = None,
+                 pv: wire.PvConfig | None = None, map_radius_m: float = 6.0,
+                 map_interval_s: float = 2.0) -> None:
+        self.host = host
+        self.ports = {**wire.DEFAULT_PORTS, **(ports or {})}
+        self.pv = pv if pv is not None else wire.PvConfig()
+        self.map_radius_m = map_radius_m
+        self.map_interval_s = map_interval_s
+        self.unity = UnityQueue(host, self.ports["unity"])
+
+    async def _open(self, port: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(self.host, self.ports[port])
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            import socket
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return reader, writer
+
+    async def start_pv_subsystem(self) -> None:
+        """Open the headset's camera pipeline (hl2ss streams nothing until it is open)."""
+        _, writer = await self._open("pv")
+        writer.write(wire.PvStart().encode())
+        await writer.drain()
+        writer.close()
+
+    async def video(self) -> AsyncIterator[wire.PvFrame]:
+        """PV frames (H.264 access units) with pose and intrinsics, as they arrive."""
+        await self.start_pv_subsystem()
+        reader, writer = await self._open("pv")
+        try:
+            writer.write(self.pv.encode())
+            await writer.drain()
+            while True:
+                packet = await wire.read_packet(reader, with_pose=True)
+                received = time.perf_counter()
+                annex_b, metadata = wire.split_pv_payload(packet.payload)
+                assert packet.pose is not None
+                yield wire.PvFrame(packet.timestamp_100ns, annex_b, metadata,
+                                   wire.T_world_camera_from_hl2ss(packet.pose), received)
+        finally:
+            writer.close()
+
+    async def audio(self) -> AsyncIterator[np.ndarray]:
+        """Microphone PCM, (n, 2) int16 at 48 kHz."""
+        reader, writer = await self._open("microphone")
+        try:
+            writer.write(wire.mic_config())
+            await writer.drain()
+            while True:
+                packet = await wire.read_packet(reader, with_pose=False)
+                yield wire.pcm_from_mic_payload(packet.payload)
+        finally:
+            writer.close()
+
+    async def spatial_map(self) -> AsyncIterator[MapUpdate]:
+        """The spatial map's changes: the first update holds every surface."""
+        reader, writer = await self._open("spatial_mapping")
+        known: dict[bytes, int] = {}
+        try:
+            writer.write(wire.sm_set_sphere_volume((0.0, 0.0, 0.0), self.map_radius_m))
+            while True:
+                writer.write(bytes([wire.SM_GET_SURFACES]))
+                await writer.drain()
+                surfaces = await wire.read_surfaces(reader)
+                wanted = [s for s in surfaces if known.get(s.surface_id) != s.update_time]
+                update = MapUpdate()
+                current = {s.surface_id for s in surfaces}
+                for gone in [sid for sid in known if sid not in current]:
+                    del known[gone]
+                    update.removed.append(wire.SurfaceInfo(gone, 0).name)
+                if wanted:
+                    writer.write(wire.sm_get_meshes([s.surface_id for s in wanted]))
+                    await writer.drain()
+                    for info in wanted:
+                        mesh = await wire.read_mesh(reader)
+                        if mesh.status == 0:
+                            update.changed[info.name] = mesh
+                            known[info.surface_id] = info.update_time
+                if update.changed or update.removed:
+                    yield update
+                await asyncio.sleep(self.map_interval_s)
+        finally:
+            writer.close()

@@ -1,0 +1,132 @@
+"""The headset's holograms kept equal to the room's annotations, through hl2ss's Unity queue.
+
+`HologramSync` remembers which headset objects (keys) draw which annotation.
+Each `sync()` sends, in one display list (applied by the headset in one
+rendered frame), exactly the difference between what the headset shows and
+what the room holds: removals of what the room no longer has, creations of
+what it newly has, and remove-then-create for anything that changed. After
+the headset connection is (re)opened the first sync starts with `remove_all`,
+so a restarted bridge never leaves orphans; after a server reconnect the
+same annotation ids map to the same objects, so nothing is drawn twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import struct
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from clients.hololens_bridge import hl2ss_wire as wire
+from clients.hololens_bridge.holograms import Hologram, commands_for, holograms_for
+
+log = logging.getLogger(__name__)
+
+
+class UnityQueue:
+    """A connection to the headset's Unity message queue (hl2ss port 3816):
+    messages go out back to back, one uint32 result per message comes back."""
+
+    def __init__(self, host: str, port: int = wire.Port.UNITY_MESSAGE_QUEUE) -> None:
+        self.host, self.port = host, port
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+        #: True until the first batch after (re)connecting has been sent.
+        self.fresh = True
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def connect(self) -> None:
+        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        self.fresh = True
+
+    async def send(self, commands: list[wire.Command]) -> list[int]:
+        """Send messages and return their results, in order."""
+        if not commands:
+            return []
+        async with self._lock:
+            if not self.connected:
+                await self.connect()
+            assert self._reader is not None and self._writer is not None
+            self._writer.write(b"".join(c.encode() for c in commands))
+            await self._writer.drain()
+            data = await self._reader.readexactly(4 * len(commands))
+            return list(struct.unpack(f"<{len(commands)}I", data))
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                await self._writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+        self._writer = None
+
+
+def fingerprint(annotation: dict) -> str:
+    """What an annotation's holograms depend on (not when or how fast it was anchored)."""
+    keys = ("kind", "color", "text", "client_ref", "author_name", "points_world_m",
+            "measurements", "panel_width_m", "panel_height_m")
+    content = {k: annotation.get(k) for k in keys}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode())
+    digest.update(bytes(annotation.get("image_data") or b""))
+    return digest.hexdigest()
+
+
+class HologramSync:
+    """Our annotation ids -> the headset's object keys, and the commands that
+    make the headset match the room."""
+
+    def __init__(self, queue: UnityQueue,
+                 make_holograms: Callable[[dict, np.ndarray], list[Hologram]] = holograms_for) -> None:
+        self.queue = queue
+        self._make = make_holograms
+        #: annotation id -> (fingerprint, the headset keys that draw it)
+        self.shown: dict[str, tuple[str, list[int]]] = {}
+        self._lock = asyncio.Lock()
+        self.batches_sent = 0
+
+    async def sync(self, annotations: dict[str, dict], viewer_world_m: Iterable[float]) -> None:
+        """Make the headset show exactly `annotations` (annotation id -> message)."""
+        async with self._lock:
+            viewer = np.asarray(list(viewer_world_m), dtype=np.float64)
+            commands: list[wire.Command] = [wire.begin_display_list()]
+            if self.queue.fresh or not self.queue.connected:
+                # A (re)opened headset connection: its objects may be from an
+                # earlier bridge whose keys we do not know. Start clean.
+                commands.append(wire.remove_all())
+                self.shown.clear()
+            removed = [aid for aid in self.shown if aid not in annotations]
+            for aid in removed:
+                commands.extend(wire.remove(key) for key in self.shown.pop(aid)[1])
+            groups: list[tuple[str, str, int, list[int]]] = []  # id, fp, first index, create indices
+            for aid, annotation in annotations.items():
+                fp = fingerprint(annotation)
+                old = self.shown.get(aid)
+                if old is not None and old[0] == fp:
+                    continue
+                if old is not None:
+                    commands.extend(wire.remove(key) for key in self.shown.pop(aid)[1])
+                creates = []
+                for hologram in self._make(annotation, viewer):
+                    creates.append(len(commands))
+                    commands.extend(commands_for(hologram))
+                groups.append((aid, fp, 0, creates))
+            if len(commands) == 1 and not removed:
+                return
+            commands.append(wire.end_display_list())
+            results = await self.queue.send(commands)
+            self.queue.fresh = False
+            self.batches_sent += 1
+            for aid, fp, _, creates in groups:
+                keys = [results[i] for i in creates]
+                if any(key == 0 for key in keys):
+                    log.warning("headset refused a hologram", extra={"annotation_id": aid})
+                self.shown[aid] = (fp, [k for k in keys if k != 0])

@@ -1,0 +1,182 @@
+"""The bridge's outgoing tracks: the headset's own H.264, passed through, and its microphone.
+
+aiortc's sender packetizes, without re-encoding, whatever `av.Packet` a track
+yields (H264Encoder.pack), so the bridge forwards the bitstream the headset
+already encoded: no decoder, no encoder, no added picture delay. The price is
+that a keyframe comes only when the headset's encoder makes one (its GOP); the
+sender's keyframe requests cannot reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+VIDEO_CLOCK_RATE = 90000
+VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+
+
+def is_h264_keyframe(annex_b: bytes) -> bool:
+    """True if an Annex B access unit holds an IDR slice (NAL type 5)."""
+    data = memoryview(annex_b)
+    i, n = 0, len(data)
+    while True:
+        i = annex_b.find(b"\x00\x00\x01", i, n)
+        if i < 0 or i + 3 >= n:
+            return False
+        if data[i + 3] & 0x1F == 5:
+            return True
+        i += 3
+
+
+@dataclass
+class SentFrame:
+    """What the bridge knows about one frame it passed to the sender."""
+
+    pts: int  # 90 kHz, on the track's clock (the RTP timestamp minus aiortc's origin)
+    received_s: float  # time.perf_counter() when the headset's packet was complete
+    info: object  # the caller's (pose, intrinsics, ...) for this frame
+
+
+class EncodedVideoTrack(MediaStreamTrack):
+    """A video track of already-encoded H.264 access units (Annex B).
+
+    `push()` hands it one access unit with its capture time; `recv()` gives
+    aiortc's sender an `av.Packet`. When the sender falls behind, a full queue
+    drops frames, and then everything up to the next keyframe (a decoder
+    cannot use P-frames whose reference was dropped).
+    """
+
+    kind = "video"
+
+    def __init__(self, max_queued: int = 8) -> None:
+        super().__init__()
+        self._queue: asyncio.Queue[tuple[bytes, int, SentFrame]] = asyncio.Queue(max_queued)
+        self._waiting_for_keyframe = True
+        self._origin_100ns: int | None = None
+        self._last_pts = -1
+        self.frames_pushed = 0
+        self.frames_dropped = 0
+        #: pts -> SentFrame of recent frames, so that an outgoing RTP timestamp
+        #: finds its frame's pose (see frame_of_rtp).
+        self.sent: dict[int, SentFrame] = {}
+        self._sent_order: deque[int] = deque()
+        self._rtp_origin: int | None = None
+        self._first_pts: int | None = None
+
+    def push(self, annex_b: bytes, timestamp_100ns: int, info: object = None,
+             received_s: float | None = None) -> bool:
+        """Queue one access unit; False if it was dropped. `timestamp_100ns` is
+        the headset's capture time (hl2ss: 100 ns ticks); pts is taken relative
+        to the first frame, on the 90 kHz video clock."""
+        if self.readyState != "live":
+            return False
+        keyframe = is_h264_keyframe(annex_b)
+        if self._waiting_for_keyframe and not keyframe:
+            self.frames_dropped += 1
+            return False
+        if self._origin_100ns is None:
+            self._origin_100ns = timestamp_100ns
+        pts = (timestamp_100ns - self._origin_100ns) * 9 // 1000
+        if pts <= self._last_pts:  # clock went backwards or repeated: keep RTP monotonic
+            pts = self._last_pts + 1
+        frame = SentFrame(pts, received_s if received_s is not None else time.perf_counter(), info)
+        try:
+            self._queue.put_nowait((annex_b, pts, frame))
+        except asyncio.QueueFull:
+            self.frames_dropped += 1
+            self._waiting_for_keyframe = True
+            return False
+        self._waiting_for_keyframe = False
+        self._last_pts = pts
+        self.frames_pushed += 1
+        return True
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        annex_b, pts, frame = await self._queue.get()
+        if self._first_pts is None:
+            self._first_pts = pts
+        self.sent[pts] = frame
+        self._sent_order.append(pts)
+        if len(self._sent_order) > 300:
+            self.sent.pop(self._sent_order.popleft(), None)
+        packet = av.Packet(annex_b)
+        packet.pts = pts
+        packet.dts = pts
+        packet.time_base = VIDEO_TIME_BASE
+        return packet
+
+    def frame_of_rtp(self, timestamp: int) -> SentFrame | None:
+        """The frame an outgoing RTP timestamp belongs to. aiortc adds a random
+        origin inside its sender; the first packet on the wire is the first
+        frame recv() gave it, which fixes that origin."""
+        if self._rtp_origin is None:
+            if self._first_pts is None:
+                return None
+            self._rtp_origin = (timestamp - self._first_pts) & 0xFFFFFFFF
+        return self.sent.get((timestamp - self._rtp_origin) & 0xFFFFFFFF)
+
+
+class PcmAudioTrack(MediaStreamTrack):
+    """The headset microphone: interleaved PCM chunks in, 20 ms audio frames out.
+
+    Chunks arrive in network-sized bursts; they are re-cut into the 20 ms
+    frames aiortc's Opus encoder expects, with pts counted in samples. A
+    backlog over `max_backlog_s` is dropped from the front: late speech is
+    worse than a gap.
+    """
+
+    kind = "audio"
+
+    def __init__(self, sample_rate: int = 48000, channels: int = 2,
+                 max_backlog_s: float = 0.5) -> None:
+        super().__init__()
+        self.sample_rate, self.channels = sample_rate, channels
+        self._samples_per_frame = sample_rate // 50
+        self._buffer = np.zeros((0, channels), np.int16)
+        self._max_backlog = int(max_backlog_s * sample_rate)
+        self._ready = asyncio.Event()
+        self._pts = 0
+        self.samples_dropped = 0
+
+    def push(self, pcm: np.ndarray) -> None:
+        """Add samples: shape (n, channels), int16 or float in [-1, 1]."""
+        if pcm.dtype != np.int16:
+            pcm = (np.clip(pcm, -1.0, 1.0) * 32767).astype(np.int16)
+        self._buffer = np.concatenate([self._buffer, pcm.reshape(-1, self.channels)])
+        excess = len(self._buffer) - self._max_backlog
+        if excess > 0:
+            self._buffer = self._buffer[excess:]
+            self.samples_dropped += excess
+        if len(self._buffer) >= self._samples_per_frame:
+            self._ready.set()
+
+    async def recv(self) -> av.AudioFrame:
+        while len(self._buffer) < self._samples_per_frame:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        chunk, self._buffer = (self._buffer[:self._samples_per_frame],
+                               self._buffer[self._samples_per_frame:])
+        layout = "stereo" if self.channels == 2 else "mono"
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout=layout)
+        frame.sample_rate = self.sample_rate
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, self.sample_rate)
+        self._pts += self._samples_per_frame
+        return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self._ready.set()
