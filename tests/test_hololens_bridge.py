@@ -54,7 +54,7 @@ async def rig(world: World):
 
     yield make
     for r in made:
-        await r.stop()
+        await asyncio.wait_for(r.stop(), 20)
 
 
 def pose_of(expert, rtp_timestamp: int) -> np.ndarray | None:
@@ -89,5 +89,157 @@ async def test_headset_streams_reach_an_expert_with_each_frames_pose(world: Worl
     assert audio.info.get("peer_id") == r.bridge.client.state.peer_id
     assert pcm.size > 0
     # The spatial map went to the server, every triangle of it, as blocks.
+    await map_on_server(r)
+
+
+async def map_on_server(r: Rig) -> None:
+    """Wait until the server holds every triangle of the headset's spatial map."""
     triangles = len(r.headset.scene.triangles)
     await r.bridge.client.wait_until(lambda: sum(r.bridge.map_triangles_stored.values()) == triangles, 30)
+
+
+async def frame_at(r: Rig, expert, T_world_camera: np.ndarray) -> tuple[str, int]:
+    """(producer_id, rtp_timestamp) of a frame the expert got a pose for, taken at T."""
+    r.headset.set_pose(T_world_camera)
+
+    def found():
+        return next(((m["producer_id"], m["rtp_timestamp"]) for m in reversed(expert.data_messages)
+                     if m.get("type") == "pose"
+                     and np.allclose(np.array(m["T_world_camera"]).reshape(4, 4), T_world_camera, atol=1e-5)),
+                    None)
+    await expert.wait_until(found, 20)
+    return found()
+
+
+def uv_norm(point_world_m: np.ndarray, T: np.ndarray) -> list[float]:
+    from clients.hololens_bridge.scene_camera import scaled_intrinsics
+    intrinsics = scaled_intrinsics(WIDTH, HEIGHT)
+    uv_px, _ = project(point_world_m[None, :], T, intrinsics)
+    return norm_from_px(uv_px, intrinsics)[0].tolist()
+
+
+async def test_a_point_on_the_left_wrist_stays_on_it_in_the_wearers_view(world: World, rig):
+    from clients.hololens_bridge.scene_camera import scaled_intrinsics
+    r = await rig("hl-2")
+    expert = await world.expert("Dr Wrist", room="hl-2")
+    scene = r.headset.scene
+    wrist = scene.landmarks_world_m["left_wrist"]
+    T_drawn = look_at(wrist + np.array([-0.10, 0.50, 0.30]), wrist)
+    await map_on_server(r)
+    producer_id, rtp = await frame_at(r, expert, T_drawn)
+    reply = await expert.request({"type": "annotate", "producer_id": producer_id, "rtp_timestamp": rtp,
+                                  "kind": "point", "points": [uv_norm(wrist, T_drawn)]})
+    await expert.wait_until(lambda: reply["annotation_id"] in r.bridge.holograms.shown, 10)
+    await r.bridge.client.wait_until(lambda: any(o.active for o in r.headset.objects.values()), 10)
+
+    # The wearer has moved: another side, nearer, head turned.
+    T_now = look_at(wrist + np.array([0.25, 0.40, 0.20]), wrist + np.array([0.05, 0.0, -0.05]))
+    intrinsics = scaled_intrinsics(640, 360)
+    view = r.headset.preview(T_now, 640, 360)
+    rgb = tuple(int(reply["color"][i:i + 2], 16) for i in (1, 3, 5))
+    ys, xs = np.nonzero(np.all(view == np.array(rgb[::-1], np.uint8), axis=2))
+    assert len(xs) > 10, "the marker is not in the wearer's view"
+    truth_px, _ = project(wrist[None, :], T_now, intrinsics)
+    error_px = np.hypot(xs.mean() - truth_px[0, 0], ys.mean() - truth_px[0, 1])
+    assert reply["anchoring"] == [0]
+    assert error_px <= 5.0, f"marker {error_px:.1f} px from the wrist"
+
+
+async def test_headset_commands_are_exact_and_survive_reconnects(world: World, rig):
+    r = await rig("hl-3")
+    expert = await world.expert("Dr Cmd", room="hl-3")
+    scene = r.headset.scene
+    await map_on_server(r)
+    wrist, elbow = scene.landmarks_world_m["left_wrist"], scene.landmarks_world_m["left_elbow"]
+    T = look_at((wrist + elbow) / 2 + np.array([-0.05, 0.55, 0.30]), (wrist + elbow) / 2)
+    producer_id, rtp = await frame_at(r, expert, T)
+    head = T[:3, 3]
+    # On connecting, the bridge clears whatever an earlier bridge left on the headset.
+    assert r.headset.commands[:3] == [("begin_display_list",), ("remove_all",), ("end_display_list",)]
+
+    # Create: a point is one sphere, built in one display list.
+    start = len(r.headset.commands)
+    point = await expert.request({"type": "annotate", "producer_id": producer_id, "rtp_timestamp": rtp,
+                                  "kind": "point", "points": [uv_norm(wrist, T)]})
+    await expert.wait_until(lambda: point["annotation_id"] in r.bridge.holograms.shown, 10)
+    sent = r.headset.commands[start:]
+    (key,) = r.bridge.holograms.shown[point["annotation_id"]][1]
+    x, y, z = point["points_world_m"][0]
+    rgb = tuple(int(point["color"][i:i + 2], 16) / 255 for i in (1, 3, 5))
+    assert [c[0] for c in sent] == ["begin_display_list", "create_primitive", "set_target_mode",
+                                    "set_world_transform", "set_color", "set_active", "set_target_mode",
+                                    "end_display_list"]
+    assert sent[1] == ("create_primitive", "sphere")
+    assert sent[2] == ("set_target_mode", 1) and sent[6] == ("set_target_mode", 0)
+    name, target, position, rotation, scale = sent[3]
+    assert target == 0  # "use last": the sphere just created
+    np.testing.assert_allclose(position, (x, y, -z), atol=1e-6)  # Unity is left-handed: z mirrored
+    np.testing.assert_allclose(rotation, (0, 0, 0, 1), atol=1e-7)
+    np.testing.assert_allclose(scale, (0.012,) * 3, atol=1e-7)
+    np.testing.assert_allclose(sent[4][2], (*rgb, 1.0), atol=1e-6)
+    assert sent[5] == ("set_active", 0, 1)
+    assert key in r.headset.objects and r.headset.objects[key].active
+
+    # A ruler: a bar, its two ends, and the distance in millimetres as text.
+    start = len(r.headset.commands)
+    ruler = await expert.request({"type": "annotate", "producer_id": producer_id, "rtp_timestamp": rtp,
+                                  "kind": "ruler", "points": [uv_norm(elbow, T), uv_norm(wrist, T)]})
+    await expert.wait_until(lambda: ruler["annotation_id"] in r.bridge.holograms.shown, 10)
+    sent = r.headset.commands[start:]
+    creates = [c[1] if len(c) > 1 else "text" for c in sent if c[0] in ("create_primitive", "create_text")]
+    assert creates == ["cylinder", "sphere", "sphere", "text"]
+    (text_command,) = [c for c in sent if c[0] == "set_text"]
+    distance = next(m for m in ruler["measurements"] if m["name"] == "distance")
+    assert distance["unit"] == "mm"
+    assert f"{distance['value']:.1f} ± {distance['sigma']:.1f} mm" in text_command[4]
+    assert text_command[4].startswith("Dr Cmd: ")
+    ruler_keys = r.bridge.holograms.shown[ruler["annotation_id"]][1]
+    cylinder = r.headset.objects[ruler_keys[0]]
+    # The bar spans the two anchored ends (Unity's cylinder is 2 units tall).
+    a, b = (np.array(p) * [1, 1, -1] for p in ruler["points_world_m"])
+    np.testing.assert_allclose(cylinder.position, (a + b) / 2, atol=1e-5)
+    assert cylinder.scale[1] == pytest.approx(np.linalg.norm(b - a) / 2, abs=1e-5)
+
+    # Delete: exactly the point's object goes.
+    start = len(r.headset.commands)
+    await expert.request({"type": "annotation_delete", "annotation_id": point["annotation_id"]})
+    await expert.wait_until(lambda: key not in r.headset.objects, 10)
+    assert r.headset.commands[start:] == [("begin_display_list",), ("remove", key), ("end_display_list",)]
+    assert set(r.headset.objects) == set(ruler_keys)
+
+    # The server connection drops (a handover): the bridge reconnects and
+    # republishes; the ruler is still in the room, so nothing is drawn again.
+    start = len(r.headset.commands)
+    old_peer = r.bridge.client.state.peer_id
+    await r.bridge.client.close()
+    await expert.wait_until(lambda: r.bridge.sessions == 2 and r.bridge.connected.is_set(), 30)
+    assert r.bridge.client.state.peer_id != old_peer
+    await r.bridge.client.wait_until(lambda: ruler["annotation_id"] in r.bridge.client.annotations, 10)
+    # While it was away the expert deleted the ruler and drew a new point:
+    # the next sync removes exactly the ruler's objects and creates the point's.
+    producer_id, rtp = await frame_at(r, expert, look_at(head + [0.0, 0.0, 0.01], wrist))
+    await expert.request({"type": "annotation_delete", "annotation_id": ruler["annotation_id"]})
+    again = await expert.request({"type": "annotate", "producer_id": producer_id, "rtp_timestamp": rtp,
+                                  "kind": "point", "points": [uv_norm(wrist, look_at(head + [0.0, 0.0, 0.01], wrist))]})
+    await expert.wait_until(lambda: set(r.bridge.holograms.shown) == {again["annotation_id"]}
+                            and not set(ruler_keys) & set(r.headset.objects), 10)
+    after = r.headset.commands[start:]
+    assert ("remove_all",) not in after
+    assert sorted(c[1] for c in after if c[0] == "remove") == sorted(ruler_keys)
+    assert [c for c in after if c[0] in ("create_primitive", "create_text")] == [("create_primitive", "sphere")]
+    assert set(r.headset.objects) == set(r.bridge.holograms.shown[again["annotation_id"]][1])
+
+    # The headset connection drops (the bridge restarted, say): the next sync
+    # clears what the headset holds and rebuilds it, leaving no orphans.
+    await r.bridge.source.unity.close()
+    r.headset.objects[0xDEAD] = r.headset.objects[next(iter(r.headset.objects))]  # an orphan from before
+    start = len(r.headset.commands)
+    producer_id, rtp = await frame_at(r, expert, T)
+    label = await expert.request({"type": "annotate", "producer_id": producer_id, "rtp_timestamp": rtp,
+                                  "kind": "label", "text": "Tourniquet 14:02", "points": [uv_norm(elbow, T)]})
+    await expert.wait_until(lambda: label["annotation_id"] in r.bridge.holograms.shown, 10)
+    after = r.headset.commands[start:]
+    assert after[:2] == [("begin_display_list",), ("remove_all",)]
+    shown_keys = {k for _, keys in r.bridge.holograms.shown.values() for k in keys}
+    assert set(r.headset.objects) == shown_keys and 0xDEAD not in r.headset.objects
+    assert any(o.kind == "text" and "Tourniquet 14:02" in o.text for o in r.headset.objects.values())

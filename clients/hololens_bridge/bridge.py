@@ -61,6 +61,16 @@ class Backoff:
         await asyncio.sleep(delay * random.uniform(0.8, 1.2))
 
 
+async def cancel_all(tasks: list[asyncio.Task]) -> None:
+    """Cancel tasks and wait until they are done, cancelling again any that
+    swallowed it (asyncio.wait_for in Python 3.11 can lose a cancellation that
+    races with its inner future completing)."""
+    while pending := [t for t in tasks if not t.done()]:
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=1.0)
+
+
 class Bridge:
     """One headset published into one room."""
 
@@ -105,9 +115,7 @@ class Bridge:
             self._tasks.append(asyncio.create_task(self._keep(self._sync_holograms, "holograms")))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         if self.client is not None:
             await self.client.close()
         if self.source.unity is not None:
@@ -226,8 +234,7 @@ class Bridge:
                     self._surfaces.pop(name, None)
                 self._map_changed.set()
         finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            await cancel_all([sender])
 
     async def _send_map(self) -> None:
         """Send each changed surface as map blocks, and remove blocks no longer there."""
@@ -266,7 +273,9 @@ class Bridge:
                         self.map_triangles_stored.pop(stale, None)
                     self._blocks_of[name] = ids
                     sent_versions[name] = id(mesh)
-            except (ConnectionError, asyncio.TimeoutError) as error:
+            except (ConnectionError, TimeoutError) as error:
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise
                 log.warning("map upload interrupted", extra={"error": repr(error)})
 
     async def _sync_holograms(self) -> None:
