@@ -243,3 +243,56 @@ async def test_headset_commands_are_exact_and_survive_reconnects(world: World, r
     shown_keys = {k for _, keys in r.bridge.holograms.shown.values() for k in keys}
     assert set(r.headset.objects) == shown_keys and 0xDEAD not in r.headset.objects
     assert any(o.kind == "text" and "Tourniquet 14:02" in o.text for o in r.headset.objects.values())
+
+
+async def test_a_recorded_session_replays_into_the_server_as_if_live(world: World, tmp_path):
+    from clients.hololens_bridge.recording import RecordingError, RecordingSource, ReplaySource
+    headset = SimulatedHeadset()
+    await headset.start()
+    try:
+        recorder = RecordingSource(Hl2ssHeadset("127.0.0.1", headset.ports,
+                                                pv=wire.PvConfig(WIDTH, HEIGHT, 30, bitrate=600_000)),
+                                   tmp_path)
+        frames = recorder.video()
+        async for _ in frames:
+            if recorder.frames_written >= 45:
+                break
+        await frames.aclose()
+        meshes = recorder.spatial_map()
+        await anext(meshes)
+        await meshes.aclose()
+    finally:
+        await headset.stop()
+
+    replay = ReplaySource(tmp_path)
+    bridge = Bridge(replay, world.server.ws, "hl-4", "replay",
+                    make_client=lambda: world.client("crew", "replay", "hl-4", create=True))
+    await bridge.start()
+    try:
+        await asyncio.wait_for(bridge.connected.wait(), 20)
+        expert = await world.expert("Dr Replay", room="hl-4")
+        remote = await expert.wait_for_track("video", 20)
+        from server.sfu.aiortc_seams import record_rtp_timestamps
+        rtp_of_pts = record_rtp_timestamps(remote.receiver)
+        seen = set()
+        async with asyncio.timeout(30):
+            while len(seen) < 20:
+                frame = await remote.track.recv()
+                code = frame_code(frame)
+                rtp = rtp_of_pts[frame.pts]
+                await expert.wait_until(lambda: pose_of(expert, rtp) is not None, 5)
+                np.testing.assert_allclose(pose_of(expert, rtp),
+                                           headset.sent_frames[code.frame_id].reported_T_world_camera, atol=1e-5)
+                seen.add(code.frame_id)
+        triangles = len(headset.scene.triangles)
+        await bridge.client.wait_until(lambda: sum(bridge.map_triangles_stored.values()) == triangles, 30)
+    finally:
+        await bridge.stop()
+
+    # A folder that is not a recording, or a damaged one, is refused by name.
+    with pytest.raises(RecordingError, match="no video.h264"):
+        ReplaySource(tmp_path / "nothing-here")
+    lines = (tmp_path / "frames.jsonl").read_text().splitlines()
+    (tmp_path / "frames.jsonl").write_text("\n".join(lines[:3] + ['{"timestamp_100ns": 1}'] + lines[4:]) + "\n")
+    with pytest.raises(RecordingError, match="line 4"):
+        ReplaySource(tmp_path)

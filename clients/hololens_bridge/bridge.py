@@ -24,7 +24,7 @@ import numpy as np
 from clients.hololens_bridge import hl2ss_wire as wire
 from clients.hololens_bridge.headset import MapUpdate
 from clients.hololens_bridge.headset_scene import HologramSync, UnityQueue
-from clients.hololens_bridge.media import EncodedVideoTrack, PcmAudioTrack
+from clients.hololens_bridge.media import EncodedVideoTrack, PcmAudioTrack, TranscodingVideoTrack
 from clients.sdk.client import GoldenHourClient
 from server.sfu import aiortc_seams
 from vision.spatial_map import split_into_blocks
@@ -77,8 +77,12 @@ class Bridge:
     def __init__(self, source: HeadsetSource, url: str, room: str, name: str = "Headset",
                  *, ssl_context: ssl.SSLContext | None = None, create: bool = True,
                  ice_servers: list[dict] | None = None,
-                 make_client: Callable[[], GoldenHourClient] | None = None) -> None:
+                 make_client: Callable[[], GoldenHourClient] | None = None,
+                 transcode: bool = False) -> None:
         self.source = source
+        #: Decode and re-encode the headset's video instead of passing it through
+        #: (only to measure what pass-through saves: bench/bridge_latency.py).
+        self.transcode = transcode
         self._make_client = make_client or (lambda: GoldenHourClient(
             url, room, "crew", name, create=create, ssl_context=ssl_context, ice_servers=ice_servers))
         self.client: GoldenHourClient | None = None
@@ -171,7 +175,8 @@ class Bridge:
         self.client = client
         client.on_message = self._on_message
         await client.connect()
-        self.video, self.audio = EncodedVideoTrack(), PcmAudioTrack(wire.MIC_SAMPLE_RATE, wire.MIC_CHANNELS)
+        self.video = TranscodingVideoTrack() if self.transcode else EncodedVideoTrack()
+        self.audio = PcmAudioTrack(wire.MIC_SAMPLE_RATE, wire.MIC_CHANNELS)
         self._last_timestamp = None
         await client.publish([self.video, self.audio], data_channel=True, video_codec="video/H264")
         assert client.publish_pc is not None

@@ -180,3 +180,27 @@ class PcmAudioTrack(MediaStreamTrack):
     def stop(self) -> None:
         super().stop()
         self._ready.set()
+
+
+class TranscodingVideoTrack(EncodedVideoTrack):
+    """The baseline the pass-through is measured against: decode the headset's
+    H.264 and hand aiortc raw frames to encode again (what a bridge built on
+    decoded frames does). Same interface as EncodedVideoTrack."""
+
+    def __init__(self, max_queued: int = 8) -> None:
+        super().__init__(max_queued)
+        self._decoder = av.CodecContext.create("h264", "r")
+
+    def _decode(self, annex_b: bytes) -> av.VideoFrame | None:
+        frames = self._decoder.decode(av.Packet(annex_b))
+        return frames[-1] if frames else None
+
+    async def recv(self) -> av.VideoFrame:  # type: ignore[override]
+        while True:
+            packet = await super().recv()
+            loop = asyncio.get_running_loop()
+            frame = await loop.run_in_executor(None, self._decode, bytes(packet))
+            if frame is not None:
+                frame.pts = packet.pts
+                frame.time_base = VIDEO_TIME_BASE
+                return frame
