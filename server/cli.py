@@ -1,4 +1,5 @@
-"""The `goldenhour` command: `serve` runs the server, `crew --simulate` a simulated headset."""
+"""The `goldenhour` command: `serve` runs the server, `crew --simulate` a simulated crew,
+`bridge` connects a headset (hl2ss, simulated or replayed)."""
 
 from __future__ import annotations
 
@@ -174,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     crew.add_argument("--insecure", action="store_true", help="accept any certificate (wss)")
     crew.add_argument("--loopback-only", action="store_true")
     crew.set_defaults(func=_crew)
+
+    from clients.hololens_bridge import run as bridge_run
+    bridge = sub.add_parser("bridge", help="connect a headset (hl2ss, simulated or replayed) as crew",
+                            description=bridge_run.__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    bridge_run.add_arguments(bridge)
+    bridge.set_defaults(func=bridge_run.run)
 
     args = parser.parse_args(argv)
     logs.configure(args.log_level)

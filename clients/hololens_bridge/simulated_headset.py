@@ -164,6 +164,8 @@ class SimulatedHeadset:
                 await handler(reader, writer)
             except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
                 pass  # the client went away: hl2ss then waits for the next one
+            except asyncio.CancelledError:
+                pass  # stop(): end quietly (asyncio's server logs a cancelled handler)
             except wire.WireError as error:
                 log.warning("simulated headset: bad request", extra={"port": name, "error": str(error)})
             finally:
