@@ -296,3 +296,30 @@ async def test_a_recorded_session_replays_into_the_server_as_if_live(world: Worl
     (tmp_path / "frames.jsonl").write_text("\n".join(lines[:3] + ['{"timestamp_100ns": 1}'] + lines[4:]) + "\n")
     with pytest.raises(RecordingError, match="line 4"):
         ReplaySource(tmp_path)
+
+
+async def test_ai_results_and_guidance_requests_pass_through_the_bridge(world: World, rig):
+    from clients.hololens_bridge.simulated import SyntheticUltrasoundTrack
+    r = await rig("hl-5")
+    # A lobby page is watching; the crew asks for guidance from the bridge.
+    lobby = world.client("observer", "lobby", "hl-5")
+    await lobby.connect(join=False)
+    alerts: list[dict] = []
+    lobby.on_message = lambda m: alerts.append(m) if m.get("type") == "guidance_requested" else None
+    await lobby.send({"type": "watch_lobby"})  # no reply: alerts follow
+    await r.bridge.request_guidance("tension pneumothorax?")
+    await lobby.wait_until(lambda: any(a.get("reason") == "tension pneumothorax?" for a in alerts), 10)
+    assert alerts[-1]["room"] == "hl-5" and alerts[-1]["peer_id"] == r.bridge.client.state.peer_id
+
+    # A wireless probe joins the room; the model's result hangs head-locked in the glasses.
+    await world.crew(room="hl-5", name="probe", width=320, height=180, audio=False,
+                     ultrasound=SyntheticUltrasoundTrack(size=256, fps=30, seed=19))
+    await r.bridge.client.wait_until(lambda: r.bridge.overlays_shown >= 1, 40)
+    panels = [o for o in r.headset.objects.values() if o.kind == "quad" and o.head_locked]
+    assert len(panels) == 1 and panels[0].active and panels[0].texture.startswith(b"\x89PNG")
+    import cv2
+    picture = cv2.imdecode(np.frombuffer(panels[0].texture, np.uint8), cv2.IMREAD_COLOR)
+    assert picture.shape == (360, 480, 3)
+    # A second result refreshes the same panel's texture: no new object.
+    await r.bridge.client.wait_until(lambda: r.bridge.overlays_shown >= 2, 20)
+    assert [o for o in r.headset.objects.values() if o.kind == "quad" and o.head_locked] == panels

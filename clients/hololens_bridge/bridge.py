@@ -24,6 +24,7 @@ import numpy as np
 from clients.hololens_bridge import hl2ss_wire as wire
 from clients.hololens_bridge.headset import MapUpdate
 from clients.hololens_bridge.headset_scene import HologramSync, UnityQueue
+from clients.hololens_bridge.holograms import overlay_panel_png
 from clients.hololens_bridge.media import EncodedVideoTrack, PcmAudioTrack, TranscodingVideoTrack
 from clients.sdk.client import GoldenHourClient
 from server.sfu import aiortc_seams
@@ -94,6 +95,9 @@ class Bridge:
         self._blocks_of: dict[str, list[str]] = {}
         self._map_changed = asyncio.Event()
         self._annotations_changed = asyncio.Event()
+        self._overlay_changed = asyncio.Event()
+        self._latest_overlay: dict | None = None
+        self.overlays_shown = 0
         self._last_timestamp: int | None = None
         self.head_position_world_m = np.zeros(3)
         self.connected = asyncio.Event()
@@ -117,6 +121,7 @@ class Bridge:
                        asyncio.create_task(self._serve())]
         if self.holograms is not None:
             self._tasks.append(asyncio.create_task(self._keep(self._sync_holograms, "holograms")))
+            self._tasks.append(asyncio.create_task(self._keep(self._show_overlays, "AI panel")))
 
     async def stop(self) -> None:
         await cancel_all(self._tasks)
@@ -174,6 +179,7 @@ class Bridge:
     async def _publish(self, client: GoldenHourClient) -> None:
         self.client = client
         client.on_message = self._on_message
+        client.on_data = self._on_data
         await client.connect()
         self.video = TranscodingVideoTrack() if self.transcode else EncodedVideoTrack()
         self.audio = PcmAudioTrack(wire.MIC_SAMPLE_RATE, wire.MIC_CHANNELS)
@@ -193,6 +199,11 @@ class Bridge:
     def _on_message(self, message: dict) -> None:
         if message.get("type") in ("annotation", "annotations_removed"):
             self._annotations_changed.set()
+
+    def _on_data(self, message: dict) -> None:
+        if message.get("type") == "overlay":
+            self._latest_overlay = message
+            self._overlay_changed.set()
 
     def _on_video_packet(self, sequence_number: int, timestamp: int, marker: bool) -> None:
         if timestamp == self._last_timestamp or self.video is None or self.client is None:
@@ -292,3 +303,21 @@ class Bridge:
             if client is None or not self.connected.is_set():
                 continue
             await self.holograms.sync(dict(client.annotations), self.head_position_world_m)
+
+    async def _show_overlays(self, min_interval_s: float = 0.5) -> None:
+        """The latest AI result on the crew's head-locked panel, at most twice a
+        second (the texture upload is the headset's dearest command)."""
+        assert self.holograms is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._overlay_changed.wait()
+            self._overlay_changed.clear()
+            overlay = self._latest_overlay
+            if overlay is None:
+                continue
+            png = await loop.run_in_executor(None, overlay_panel_png, overlay)
+            await self.holograms.show_panel(f"ai:{overlay.get('producer_id')}", png)
+            self.overlays_shown += 1
+            if self.client is not None:
+                self.client.changed()
+            await asyncio.sleep(min_interval_s)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from clients.hololens_bridge import hl2ss_wire as wire
-from clients.hololens_bridge.holograms import Hologram, commands_for, holograms_for
+from clients.hololens_bridge.holograms import Hologram, commands_for, holograms_for, panel_commands
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,8 @@ class HologramSync:
         self._make = make_holograms
         #: annotation id -> (fingerprint, the headset keys that draw it)
         self.shown: dict[str, tuple[str, list[int]]] = {}
+        #: panel name -> headset key of its head-locked quad (AI results)
+        self.panels: dict[str, int] = {}
         self._lock = asyncio.Lock()
         self.batches_sent = 0
 
@@ -103,6 +105,7 @@ class HologramSync:
                 # earlier bridge whose keys we do not know. Start clean.
                 commands.append(wire.remove_all())
                 self.shown.clear()
+                self.panels.clear()
             removed = [aid for aid in self.shown if aid not in annotations]
             for aid in removed:
                 commands.extend(wire.remove(key) for key in self.shown.pop(aid)[1])
@@ -130,3 +133,22 @@ class HologramSync:
                 if any(key == 0 for key in keys):
                     log.warning("headset refused a hologram", extra={"annotation_id": aid})
                 self.shown[aid] = (fp, [k for k in keys if k != 0])
+
+    async def show_panel(self, name: str, png: bytes) -> None:
+        """Show (or refresh) a head-locked picture panel: an AI result for the crew."""
+        async with self._lock:
+            key = self.panels.get(name)
+            if key is not None and self.queue.connected and not self.queue.fresh:
+                await self.queue.send([wire.set_texture(key, png)])
+                return
+            commands = [wire.begin_display_list()]
+            if self.queue.fresh or not self.queue.connected:
+                commands.append(wire.remove_all())
+                self.shown.clear()
+                self.panels.clear()
+            first = len(commands)
+            commands += panel_commands(png) + [wire.end_display_list()]
+            results = await self.queue.send(commands)
+            self.queue.fresh = False
+            if results[first]:
+                self.panels[name] = results[first]

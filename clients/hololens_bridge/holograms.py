@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -262,3 +263,39 @@ def commands_for(hologram: Hologram) -> list[wire.Command]:
         commands.append(wire.set_texture(0, h.texture))
     commands += [wire.set_active(0, True), wire.set_target_mode(wire.TARGET_USE_ID)]
     return commands
+
+
+#: Where the AI result panel hangs, head-locked (Unity camera frame: x right,
+#: y up, z forward, metres): low and to the right, out of the line of sight.
+PANEL_LOCAL_POSITION_M = (0.16, -0.09, 0.6)
+PANEL_SIZE_M = (0.16, 0.12)
+
+
+def overlay_panel_png(overlay: dict, width: int = 480, height: int = 360) -> bytes:
+    """The picture the glasses show for a model's `overlay` (docs/protocol.md §6):
+    the contours and the model's labels, drawn by the server's one overlay
+    renderer, so "not for clinical use" reads the same everywhere."""
+    import cv2
+
+    from server.inference.overlay import render
+    from server.inference.runtime import InferenceResult
+    result = InferenceResult(
+        model=str(overlay["model"]), version=str(overlay["version"]),
+        not_for_clinical_use=bool(overlay.get("not_for_clinical_use", True)),
+        probability=float(overlay["probability"]), threshold=float(overlay["threshold"]),
+        probability_map=None,
+        contours_uv_norm=[[tuple(p) for p in c] for c in overlay.get("contours") or []],
+        provenance=dict(overlay.get("input") or {}), inference_ms=float(overlay.get("inference_ms", 0.0)))
+    canvas = np.full((height, width), 24, np.uint8)
+    ok, png = cv2.imencode(".png", render(canvas, result, heatmap=False))
+    assert ok
+    return png.tobytes()
+
+
+def panel_commands(png: bytes) -> list[wire.Command]:
+    """Create the head-locked result panel (a textured quad parented to the camera)."""
+    return [wire.create_primitive("quad"), wire.set_target_mode(wire.TARGET_USE_LAST),
+            wire.Command(wire.Rus.SET_LOCAL_TRANSFORM, struct.pack(
+                "<I10f", 0, *PANEL_LOCAL_POSITION_M, 0.0, 0.0, 0.0, 1.0, *PANEL_SIZE_M, 1.0)),
+            wire.set_texture(0, png), wire.set_active(0, True),
+            wire.set_target_mode(wire.TARGET_USE_ID)]
