@@ -145,6 +145,19 @@ async def test_a_point_on_the_left_wrist_stays_on_it_in_the_wearers_view(world: 
     assert error_px <= 5.0, f"marker {error_px:.1f} px from the wrist"
 
 
+def save_preview(picture: np.ndarray, name: str) -> None:
+    """The wearer's view as a test artifact (and in docs/ with GOLDENHOUR_UPDATE_DOCS=1)."""
+    import os
+    from pathlib import Path
+
+    import cv2
+    root = Path(__file__).resolve().parents[1]
+    (root / "test-artifacts").mkdir(exist_ok=True)
+    cv2.imwrite(str(root / "test-artifacts" / name), picture)
+    if os.environ.get("GOLDENHOUR_UPDATE_DOCS") == "1":
+        cv2.imwrite(str(root / "docs" / "img" / name), picture)
+
+
 async def test_headset_commands_are_exact_and_survive_reconnects(world: World, rig):
     r = await rig("hl-3")
     expert = await world.expert("Dr Cmd", room="hl-3")
@@ -199,6 +212,9 @@ async def test_headset_commands_are_exact_and_survive_reconnects(world: World, r
     a, b = (np.array(p) * [1, 1, -1] for p in ruler["points_world_m"])
     np.testing.assert_allclose(cylinder.position, (a + b) / 2, atol=1e-5)
     assert cylinder.scale[1] == pytest.approx(np.linalg.norm(b - a) / 2, abs=1e-5)
+
+    save_preview(r.headset.preview(look_at(head + np.array([0.12, -0.05, 0.05]), (wrist + elbow) / 2),
+                                   1280, 720), "headset-preview.png")
 
     # Delete: exactly the point's object goes.
     start = len(r.headset.commands)

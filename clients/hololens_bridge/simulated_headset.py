@@ -462,9 +462,20 @@ def draw_holograms(picture_bgr: np.ndarray, objects: dict[int, SceneObject],
             uv, _ = to_px(p)
             scale = max(0.3, min(1.2, focal * obj.font_size / depth / 40))
             org = tuple(int(round(v)) for v in uv[0])
-            cv2.putText(out, obj.text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.putText(out, obj.text, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+            words = _ascii(obj.text)
+            # A dark outline from offset copies: a thicker stroke would also widen the advance.
+            for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (1, 1)):
+                cv2.putText(out, words, (org[0] + dx, org[1] + dy), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                            (0, 0, 0), 1, cv2.LINE_AA)
+            cv2.putText(out, words, org, cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
     return out
+
+
+def _ascii(text: str) -> str:
+    """OpenCV's Hershey fonts draw ASCII only (the headset's TextMeshPro draws all)."""
+    for symbol, plain in (("±", "+/-"), ("²", "2"), ("°", " deg"), ("·", "|")):
+        text = text.replace(symbol, plain)
+    return text.encode("ascii", "replace").decode()
 
 
 def _draw_quad(out: np.ndarray, uv: np.ndarray, obj: SceneObject, color) -> None:
