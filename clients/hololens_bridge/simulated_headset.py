@@ -90,7 +90,8 @@ class SimulatedHeadset:
     def __init__(self, scene: SyntheticScene | None = None, *, host: str = "127.0.0.1",
                  ports: dict[str, int] | None = None, pose_noise_m: float = 0.0,
                  pose_noise_deg: float = 0.0, seed: int = 0, tone_hz: float = 440.0,
-                 network_delay_s: float = 0.0) -> None:
+                 network_delay_s: float = 0.0, network_jitter_s: float = 0.0,
+                 map_noise_m: float = 0.0) -> None:
         self.scene = scene if scene is not None else ambulance_scene(0)
         self.host = host
         #: Ports to listen on; 0 picks a free one (tests). `start()` fills in the real ones.
@@ -99,8 +100,12 @@ class SimulatedHeadset:
         self._rng = np.random.default_rng(seed)
         self.pose_noise_m, self.pose_noise_deg = pose_noise_m, pose_noise_deg
         self.tone_hz = tone_hz
-        #: Added before each PV/microphone packet leaves: a wireless link's latency.
-        self.network_delay_s = network_delay_s
+        #: Added before each PV packet leaves: a wireless link's latency, plus a
+        #: uniformly random 0..jitter (packets stay in order, as on TCP).
+        self.network_delay_s, self.network_jitter_s = network_delay_s, network_jitter_s
+        #: Gaussian noise (per axis, metres) on the spatial map's vertices: a
+        #: depth sensor's error, seen by anchoring.
+        self.map_noise_m = map_noise_m
         self.pv_started = False
         self.pv_config: wire.PvConfig | None = None
         self.sent_frames: dict[int, SentPvFrame] = {}
@@ -246,8 +251,8 @@ class SimulatedHeadset:
             metadata = wire.PvMetadata(intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy,
                                        config.width, config.height, exposure_time_100ns=80_000)
             payload = b"\x00\x00\x00\x01\x09\x10" + annex_b + metadata.encode()
-            if self.network_delay_s:
-                await asyncio.sleep(self.network_delay_s)
+            if self.network_delay_s or self.network_jitter_s:
+                await asyncio.sleep(self.network_delay_s + self._rng.uniform(0, self.network_jitter_s))
             writer.write(wire.encode_packet(timestamp, payload, wire.hl2ss_from_T_world_camera(reported)))
             await writer.drain()
             self.sent_frames[frame_id] = SentPvFrame(frame_id, timestamp, T, reported, time.perf_counter())
@@ -288,6 +293,8 @@ class SimulatedHeadset:
             surfaces = []
             for block_id, vertices, triangles in split_into_blocks(
                     self.scene.vertices_world_m, self.scene.triangles, SURFACE_TRIANGLES):
+                if self.map_noise_m:
+                    vertices = vertices + self._rng.normal(0.0, self.map_noise_m, vertices.shape)
                 origin = vertices.mean(axis=0)
                 pose = np.eye(4, dtype=np.float32)
                 pose[3, :3] = origin  # row-vector convention: translation in the last row
