@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import ssl
 import subprocess
 import sys
 
@@ -87,19 +86,14 @@ def _die_with_parent() -> None:
 def _crew(args: argparse.Namespace) -> int:
     from clients.hololens_bridge.scene_crew import SceneCrew
     from clients.hololens_bridge.simulated import SimulatedCrew
-    from clients.sdk.client import GoldenHourClient
+    from clients.sdk.client import GoldenHourClient, ssl_context_for
     from server.sfu import aiortc_seams
 
     if not args.simulate:
         print("goldenhour crew: only --simulate is available in this release", file=sys.stderr)
         return 2
     aiortc_seams.use_loopback_ice(True, only=args.loopback_only)
-    context = None
-    if args.url.startswith("wss://"):
-        context = ssl.create_default_context(cafile=args.cafile)
-        if args.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+    context = ssl_context_for(args.url, args.cafile, args.insecure)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -78,7 +78,7 @@ async def test_headset_streams_reach_an_expert_with_each_frames_pose(world: Worl
             sent = r.headset.sent_frames.get(code.frame_id)
             rtp = rtp_of_pts.get(frame.pts)
             assert sent is not None and rtp is not None
-            await expert.wait_until(lambda: pose_of(expert, rtp) is not None, 5)
+            await expert.wait_until(lambda rtp=rtp: pose_of(expert, rtp) is not None, 5)
             np.testing.assert_allclose(pose_of(expert, rtp), sent.reported_T_world_camera, atol=1e-5)
             checked += 1
     # The headset's H.264 was passed through: the picture is the headset's size.
@@ -296,7 +296,7 @@ async def test_a_recorded_session_replays_into_the_server_as_if_live(world: Worl
                 frame = await remote.track.recv()
                 code = frame_code(frame)
                 rtp = rtp_of_pts[frame.pts]
-                await expert.wait_until(lambda: pose_of(expert, rtp) is not None, 5)
+                await expert.wait_until(lambda rtp=rtp: pose_of(expert, rtp) is not None, 5)
                 np.testing.assert_allclose(pose_of(expert, rtp),
                                            headset.sent_frames[code.frame_id].reported_T_world_camera, atol=1e-5)
                 seen.add(code.frame_id)

@@ -52,14 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clients.sdk.client import ssl_context_for
     from server.sfu import aiortc_seams
     aiortc_seams.use_loopback_ice(True, only=args.loopback_only)
-    context = None
-    if args.url.startswith("wss://"):
-        context = ssl.create_default_context(cafile=args.cafile)
-        if args.insecure:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+    context = ssl_context_for(args.url, args.cafile, args.insecure)
     if args.preview and not args.simulate:
         print("goldenhour bridge: --preview needs --simulate", file=sys.stderr)
         return 2

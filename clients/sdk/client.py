@@ -24,6 +24,20 @@ from aiortc.rtcdatachannel import RTCDataChannel
 log = logging.getLogger(__name__)
 
 
+def ssl_context_for(url: str, cafile: str | None = None, insecure: bool = False,
+                    ) -> ssl.SSLContext | None:
+    """The TLS context for a `wss://` server URL (None for `ws://`): trust
+    `cafile` as well as the system's roots, or, with `insecure`, anything (a
+    self-signed test server)."""
+    if not url.startswith("wss://"):
+        return None
+    context = ssl.create_default_context(cafile=cafile)
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 class ServerError(Exception):
     """An `error` message from the server in reply to one of our requests."""
 
