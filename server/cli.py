@@ -85,7 +85,7 @@ def _die_with_parent() -> None:
 
 def _crew(args: argparse.Namespace) -> int:
     from clients.hololens_bridge.scene_crew import SceneCrew
-    from clients.hololens_bridge.simulated import SimulatedCrew
+    from clients.hololens_bridge.simulated import SimulatedCrew, SyntheticUltrasoundTrack
     from clients.sdk.client import GoldenHourClient, ssl_context_for
     from server.sfu import aiortc_seams
 
@@ -104,12 +104,13 @@ def _crew(args: argparse.Namespace) -> int:
         while not stop.is_set():
             client = GoldenHourClient(args.url, args.room, "crew", args.name, create=True,
                                       ssl_context=context)
+            probe = SyntheticUltrasoundTrack() if args.ultrasound else None
             if args.scene:
                 crew = SceneCrew(client, args.width or 640, args.height or 360, args.fps,
-                                 video_codec=args.codec)
+                                 video_codec=args.codec, ultrasound=probe)
             else:
                 crew = SimulatedCrew(client, args.width or 1280, args.height or 720, args.fps,
-                                     video_codec=args.codec)
+                                     video_codec=args.codec, ultrasound=probe)
             waits: list[asyncio.Future] = []
             try:
                 await crew.start()
@@ -165,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     crew.add_argument("--height", type=int, default=None, help="default 360 (scene), 720")
     crew.add_argument("--fps", type=int, default=30)
     crew.add_argument("--codec", default=None, help="video/VP8 or video/H264")
+    crew.add_argument("--ultrasound", action="store_true",
+                      help="also publish a wireless ultrasound probe (a FAST view with free "
+                           "fluid): the server's model scores it live")
     crew.add_argument("--cafile", default=None, help="trust this certificate (wss)")
     crew.add_argument("--insecure", action="store_true", help="accept any certificate (wss)")
     crew.add_argument("--loopback-only", action="store_true")

@@ -11,7 +11,7 @@ import asyncio
 import numpy as np
 
 from clients.hololens_bridge.scene_camera import SceneCameraTrack
-from clients.hololens_bridge.simulated import SimulatedCrew, ToneTrack
+from clients.hololens_bridge.simulated import SimulatedCrew, SyntheticUltrasoundTrack, ToneTrack
 from clients.sdk.client import GoldenHourClient
 from vision.spatial_map import split_into_blocks
 
@@ -24,9 +24,10 @@ class SceneCrew(SimulatedCrew):
 
     def __init__(self, client: GoldenHourClient, width: int = 640, height: int = 360,
                  fps: int = 30, audio: bool = True, video_codec: str | None = None,
-                 camera: SceneCameraTrack | None = None) -> None:
+                 camera: SceneCameraTrack | None = None,
+                 ultrasound: SyntheticUltrasoundTrack | None = None) -> None:
         super().__init__(client, width=width, height=height, fps=fps, audio=audio,
-                         video_codec=video_codec)
+                         video_codec=video_codec, ultrasound=ultrasound)
         self.camera = camera if camera is not None else SceneCameraTrack(width, height, fps)
         self.audio = ToneTrack() if audio else None
         self.map_blocks_sent = 0

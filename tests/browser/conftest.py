@@ -182,12 +182,14 @@ class LoopPeers:
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 20.0) -> T:
         return self._loop.run(coroutine, timeout)
 
-    def crew(self, room: str, video_codec: str | None = None) -> SimulatedCrew:
-        """A simulated headset publishing into `room` (created if need be)."""
+    def crew(self, room: str, video_codec: str | None = None, ultrasound=None) -> SimulatedCrew:
+        """A simulated headset publishing into `room` (created if need be), with
+        an ultrasound probe as a second video track if one is given."""
         client = GoldenHourClient(self._server.ws, room, "crew", "Simulated crew", create=True)
         # 640x360 keeps aiortc's encoder light on a shared 2-core machine;
         # the frame code's blocks are then 8 px, still far above codec blur.
-        crew = SimulatedCrew(client, width=640, height=360, fps=30, video_codec=video_codec)
+        crew = SimulatedCrew(client, width=640, height=360, fps=30, video_codec=video_codec,
+                             ultrasound=ultrasound)
         self._closers.append(crew.stop)
         self.run(crew.start())
         return crew

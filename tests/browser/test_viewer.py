@@ -187,3 +187,40 @@ def test_viewer_keeps_watching_when_the_crew_reconnects(room, open_page, loop_pe
     page.wait_for_function("(n) => window.goldenhour.posesMatched > n + 5", arg=matched)
     assert page.evaluate("() => window.goldenhour.poseMismatches.length") == 0
     assert second.camera.frame_count > 25
+
+
+def test_expert_page_shows_the_probe_with_the_models_result_on_its_frames(
+        room, open_page, loop_peers, artifacts) -> None:
+    from clients.hololens_bridge.simulated import SyntheticUltrasoundTrack
+    probe = SyntheticUltrasoundTrack(size=256, fps=30, seed=19)
+    loop_peers.crew(room, ultrasound=probe)
+    page = open_page(room, "expert", name="Dr Probe")
+    wait_joined(page)
+    # The camera keeps the main picture; the probe gets its panel.
+    page.wait_for_function("() => new Set(window.goldenhour.recentFrameIds).size >= 5")
+    expect(page.locator("#probe-panel")).to_be_visible()
+    page.wait_for_function("() => window.goldenhour.probe.withOverlay >= 10", timeout=60_000)
+    label = page.locator("#probe-label").inner_text()
+    assert "fast_free_fluid v" in label and "NOT FOR CLINICAL USE" in label
+    # The contour drawn over the probe's picture outlines the phantom's fluid.
+    drawn = page.evaluate("""() => {
+        const canvas = document.getElementById('probe-overlay');
+        const video = document.getElementById('probe');
+        const {width, height} = canvas;
+        const data = canvas.getContext('2d').getImageData(0, 0, width, height).data;
+        const side = Math.min(width / video.videoWidth, height / video.videoHeight);
+        const x0 = (width - video.videoWidth * side) / 2, y0 = (height - video.videoHeight * side) / 2;
+        let n = 0, su = 0, sv = 0;
+        for (let i = 0; i < data.length; i += 4) {
+            if (data[i + 3] > 200 && data[i + 2] > 200 && data[i + 1] > 180 && data[i] < 80) {
+                const p = i / 4, x = p % width, y = Math.floor(p / width);
+                n++; su += (x - x0) / (video.videoWidth * side); sv += (y - y0) / (video.videoHeight * side);
+            }
+        }
+        return {n, u: su / n, v: sv / n};
+    }""")
+    assert drawn["n"] > 30, drawn
+    ys, xs = np.nonzero(probe.fluid_mask)
+    centre = ((xs.mean() + 0.5) / probe.size, (ys.mean() + 0.5) / probe.size)
+    assert abs(drawn["u"] - centre[0]) < 0.12 and abs(drawn["v"] - centre[1]) < 0.12, (drawn, centre)
+    page.locator("#probe-panel").screenshot(path=str(artifacts / "probe.png"))

@@ -10,6 +10,7 @@
 
 import { FrameCodeReader } from "./framecode.js";
 import { decode as decodeMsgpack } from "./msgpack.js";
+import { ProbePanel } from "./probe.js";
 import { TOOLS, Telestration } from "./telestration.js";
 
 const ROLES = ["expert", "observer", "crew"];
@@ -31,6 +32,7 @@ const videoCodec = (params.get("codec") || "").toLowerCase();
 const $ = (id) => document.getElementById(id);
 const video = $("video");
 const remoteAudio = $("remote-audio");
+const probe = new ProbePanel($("probe-panel"), $("probe"), $("probe-overlay"), $("probe-label"));
 
 // --- state visible to people (the page) and to tests (window.goldenhour) ----
 
@@ -59,6 +61,7 @@ const state = {
   // performance.now() (ms since navigation) of each step: where the time goes.
   timeline: {},
   framesDecoded: async () => (await subscribeStats()).framesDecoded,
+  probe: probe.drawn, // ultrasound frames shown, and how many with a model result
 };
 window.goldenhour = state;
 
@@ -319,8 +322,11 @@ function showRemoteMedia() {
     play(remoteAudio);
     return;
   }
-  // One picture: the first crew's camera; every other peer is heard.
-  const shown = live.find(({ track }) => track.kind === "video");
+  // One picture: the first crew's camera; every other peer is heard. A probe
+  // (a video track named "ultrasound") has a panel of its own.
+  probe.show(live.find(({ track, info }) => track.kind === "video" && info.source === "ultrasound")
+    ?? null);
+  const shown = live.find(({ track, info }) => track.kind === "video" && info.source !== "ultrasound");
   shownVideo = shown;
   const tracks = shown ? [shown.track, ...audio] : audio;
   const current = video.srcObject?.getTracks() ?? [];
@@ -401,6 +407,7 @@ function createSubscribeConnection(iceServers) {
       try {
         const message = typeof data === "string" ? JSON.parse(data) : decodeMsgpack(data);
         if (message.type === "pose") onPose(message);
+        else if (message.type === "overlay") probe.onOverlay(message);
         else if (message.type === "error") reportError("data channel", message.message);
       } catch (error) {
         reportError("data channel", error);
