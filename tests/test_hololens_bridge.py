@@ -90,6 +90,10 @@ async def test_headset_streams_reach_an_expert_with_each_frames_pose(world: Worl
     assert pcm.size > 0
     # The spatial map went to the server, every triangle of it, as blocks.
     await map_on_server(r)
+    # The expert talks back: the bridge receives (and reads) the voice.
+    from clients.hololens_bridge.simulated import ToneTrack
+    await expert.publish([ToneTrack()])
+    await r.bridge.client.wait_until(lambda: r.bridge.heard_audio_frames > 10, 20)
 
 
 async def map_on_server(r: Rig) -> None:

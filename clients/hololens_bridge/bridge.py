@@ -110,6 +110,8 @@ class Bridge:
         #: Headset packet complete -> first RTP packet of that frame on the wire (ms).
         self.added_latency_ms: list[float] = []
         self._tasks: list[asyncio.Task] = []
+        self._drains: list[asyncio.Task] = []
+        self.heard_audio_frames = 0
         self._sent_intrinsics: dict | None = None
 
     # --- lifecycle -----------------------------------------------------------------
@@ -124,7 +126,7 @@ class Bridge:
             self._tasks.append(asyncio.create_task(self._keep(self._show_overlays, "AI panel")))
 
     async def stop(self) -> None:
-        await cancel_all(self._tasks)
+        await cancel_all(self._tasks + self._drains)
         if self.client is not None:
             await self.client.close()
         if self.source.unity is not None:
@@ -178,8 +180,10 @@ class Bridge:
 
     async def _publish(self, client: GoldenHourClient) -> None:
         self.client = client
+        self._drains = [t for t in self._drains if not t.done()]
         client.on_message = self._on_message
         client.on_data = self._on_data
+        client.on_track = self._on_remote_track
         await client.connect()
         self.video = TranscodingVideoTrack() if self.transcode else EncodedVideoTrack()
         self.audio = PcmAudioTrack(wire.MIC_SAMPLE_RATE, wire.MIC_CHANNELS)
@@ -199,6 +203,26 @@ class Bridge:
     def _on_message(self, message: dict) -> None:
         if message.get("type") in ("annotation", "annotations_removed"):
             self._annotations_changed.set()
+
+    def _on_remote_track(self, remote) -> None:
+        """The experts' voices. hl2ss has no audio output to the glasses, so the
+        bridge only reads them (unread, aiortc would queue them without bound);
+        `heard_audio_frames` counts them. Playing them needs the bridge
+        computer's speaker or a headset app that plays audio (docs/hololens.md)."""
+        task = asyncio.ensure_future(self._drain(remote.track))
+        self._drains.append(task)
+
+    async def _drain(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+        while True:
+            try:
+                await track.recv()
+            except MediaStreamError:
+                return
+            if track.kind == "audio":
+                self.heard_audio_frames += 1
+                if self.client is not None:
+                    self.client.changed()
 
     def _on_data(self, message: dict) -> None:
         if message.get("type") == "overlay":
