@@ -47,12 +47,14 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"\n  GoldenHour is serving on {config.url}/", file=sys.stderr)
         if room and not args.no_demo_crew:
             ws_scheme = "wss" if config.tls else "ws"
-            crew = subprocess.Popen([sys.executable, "-m", "server.cli", "crew", "--simulate",
+            # The demo crew is the real headset bridge, fed by the simulated
+            # hl2ss headset: the same path a HoloLens takes (docs/hololens.md).
+            crew = subprocess.Popen([sys.executable, "-m", "server.cli", "bridge", "--simulate",
                                      "--url", f"{ws_scheme}://{config.host}:{config.port}/ws",
-                                     "--room", room, "--insecure"],
-                                    preexec_fn=_die_with_parent)
-            print(f"  A simulated crew (inside a synthetic ambulance) is streaming into room "
-                  f"'{room}'. Open:\n\n"
+                                     "--room", room, "--name", "Simulated headset", "--insecure"],
+                                    stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            print(f"  A simulated headset (inside a synthetic ambulance, through the hl2ss "
+                  f"bridge) is streaming into room '{room}'. Open:\n\n"
                   f"      {config.url}/app/viewer.html?room={room}   draw on the patient\n"
                   f"      {config.url}/app/lobby.html                the expert lobby\n",
                   file=sys.stderr)
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the server (and a simulated crew in the demo room)")
+    serve = sub.add_parser("serve", help="run the server (and a simulated headset in the demo room)")
     serve.add_argument("--host", default=None, help="default 127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default 8443")
     serve.add_argument("--no-tls", action="store_true", help="plain HTTP (localhost tests)")

@@ -232,35 +232,58 @@ class SimulatedHeadset:
         start = time.monotonic()
         clock_origin_100ns = time.monotonic_ns() // 100
         slot = -1
-        while True:
-            slot = max(slot + 1, int((time.monotonic() - start) * fps))
-            delay = start + slot / fps - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            T = self._pose
-            picture = (await loop.run_in_executor(self._renderer, self._picture, T, intrinsics)).copy()
-            frame_id = slot
-            timestamp = clock_origin_100ns + round(slot * 1e7 / fps)
-            framecode.paint(picture[:config.height], frame_id, int(time.time() * 1000))
-            annex_b = await loop.run_in_executor(self._encoder, _encode, encoder, picture, slot)
-            if not annex_b:
-                continue
-            reported = T
-            if self.pose_noise_m or self.pose_noise_deg:
-                reported = perturb_pose(T, self.pose_noise_m, self.pose_noise_deg, self._rng)
-            metadata = wire.PvMetadata(intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy,
-                                       config.width, config.height, exposure_time_100ns=80_000)
-            payload = b"\x00\x00\x00\x01\x09\x10" + annex_b + metadata.encode()
-            if self.network_delay_s or self.network_jitter_s:
-                await asyncio.sleep(self.network_delay_s + self._rng.uniform(0, self.network_jitter_s))
-            writer.write(wire.encode_packet(timestamp, payload, wire.hl2ss_from_T_world_camera(reported)))
-            await writer.drain()
-            self.sent_frames[frame_id] = SentPvFrame(frame_id, timestamp, T, reported, time.perf_counter())
-            if len(self.sent_frames) > 900:
-                del self.sent_frames[next(iter(self.sent_frames))]
-            self.stats.pv_frames_sent += 1
-            self.frame_sent.set()
-            self.frame_sent.clear()
+        # The camera keeps its frame rate while a new pose renders (tens of ms):
+        # frames carry the last finished picture and the pose it was rendered at.
+        first = self._pose
+        shown = (first, await loop.run_in_executor(self._renderer, self._picture, first, intrinsics))
+        rendering: asyncio.Future | None = None
+        try:
+            while True:
+                slot = max(slot + 1, int((time.monotonic() - start) * fps))
+                delay = start + slot / fps - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if rendering is not None and rendering.done():
+                    shown, rendering = rendering.result(), None
+                wanted = self._pose
+                if rendering is None and not np.array_equal(wanted, shown[0]):
+                    rendering = loop.run_in_executor(self._renderer, self._rendered, wanted, intrinsics)
+                await self._send_pv_frame(writer, config, encoder, intrinsics, fps, slot,
+                                          clock_origin_100ns, *shown)
+        finally:
+            if rendering is not None:
+                rendering.cancel()
+
+    def _rendered(self, T: np.ndarray, intrinsics: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+        return T, self._picture(T, intrinsics)
+
+    async def _send_pv_frame(self, writer, config: wire.PvConfig, encoder, intrinsics: Intrinsics,
+                             fps: float, slot: int, clock_origin_100ns: int, T: np.ndarray,
+                             rendered: np.ndarray) -> None:
+        loop = asyncio.get_running_loop()
+        picture = rendered.copy()
+        frame_id = slot
+        timestamp = clock_origin_100ns + round(slot * 1e7 / fps)
+        framecode.paint(picture[:config.height], frame_id, int(time.time() * 1000))
+        annex_b = await loop.run_in_executor(self._encoder, _encode, encoder, picture, slot)
+        if not annex_b:
+            return
+        reported = T
+        if self.pose_noise_m or self.pose_noise_deg:
+            reported = perturb_pose(T, self.pose_noise_m, self.pose_noise_deg, self._rng)
+        metadata = wire.PvMetadata(intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy,
+                                   config.width, config.height, exposure_time_100ns=80_000)
+        payload = b"\x00\x00\x00\x01\x09\x10" + annex_b + metadata.encode()
+        if self.network_delay_s or self.network_jitter_s:
+            await asyncio.sleep(self.network_delay_s + self._rng.uniform(0, self.network_jitter_s))
+        writer.write(wire.encode_packet(timestamp, payload, wire.hl2ss_from_T_world_camera(reported)))
+        await writer.drain()
+        self.sent_frames[frame_id] = SentPvFrame(frame_id, timestamp, T, reported, time.perf_counter())
+        if len(self.sent_frames) > 900:
+            del self.sent_frames[next(iter(self.sent_frames))]
+        self.stats.pv_frames_sent += 1
+        self.frame_sent.set()
+        self.frame_sent.clear()
 
     # --- microphone --------------------------------------------------------------------
 
