@@ -18,8 +18,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from models.nets import Deployed, TinyUNet
+from models.nets import Deployed
 from models.shipped import BUILD, CATALOG, RECIPES, Recipe
+from models.train import net_for
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -27,7 +28,7 @@ OUTPUT_NAMES = ["probability", "probability_map"]
 
 
 def export(recipe: Recipe) -> tuple[Path, float]:
-    net = TinyUNet(recipe.in_channels, recipe.base_channels)
+    net = net_for(recipe)
     net.load_state_dict(torch.load(BUILD / f"{recipe.name}.pt", weights_only=True))
     model = Deployed(net).eval()
     sample = recipe.batch(recipe.validation_seed + 500, 32)

@@ -16,11 +16,18 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class TinyUNet(nn.Module):
-    """Three down-samplings, `base` channels at full resolution; returns logits [N,1,H,W]."""
+    """Three down-samplings, `base` channels at full resolution; returns logits [N,1,H,W].
 
-    def __init__(self, in_channels: int, base: int = 8) -> None:
+    `bottleneck` multiplies `base` at the lowest resolution (1/8), where extra
+    channels cost little time; `upsample` is how the decoder doubles the grid
+    (bilinear draws smoother outlines than nearest, for about 0.8 ms more per
+    128x128 picture on the 2-core machine)."""
+
+    def __init__(self, in_channels: int, base: int = 8, bottleneck: int = 4,
+                 upsample: str = "nearest") -> None:
         super().__init__()
-        c = [base, base * 2, base * 4, base * 4]
+        c = [base, base * 2, base * 4, base * bottleneck]
+        self.upsample = upsample
         self.enc = nn.ModuleList([_block(in_channels, c[0]), _block(c[0], c[1]),
                                   _block(c[1], c[2]), _block(c[2], c[3])])
         self.dec = nn.ModuleList([_block(c[3] + c[2], c[2]), _block(c[2] + c[1], c[1]),
@@ -35,7 +42,10 @@ class TinyUNet(nn.Module):
         x = skips.pop()
         for block in self.dec:
             skip = skips.pop()
-            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            if self.upsample == "nearest":
+                x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            else:
+                x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], 1))
         return self.head(x)
 
