@@ -106,3 +106,35 @@ def test_a_long_stroke_costs_a_bounded_number_of_cylinders_that_follow_it():
         axis = rotation_from_quaternion_xyzw(np.array(o.rotation_unity_xyzw))[:, 1] * o.scale[1]
         for end in (np.array(o.position_unity_m) + axis, np.array(o.position_unity_m) - axis):
             assert np.min(np.linalg.norm(stroke_unity - end, axis=1)) < 1e-4
+
+
+def test_shared_images_face_the_wearer_and_arrows_get_their_head():
+    from clients.hololens_bridge.holograms import ARROW_BARB_M, commands_for
+    import cv2
+    ok, png = cv2.imencode(".png", np.full((40, 60, 3), 200, np.uint8))
+    panel = {"kind": "image", "color": "#ff0000", "points_world_m": [[0.2, 1.0, 0.1]],
+             "panel_width_m": 0.3, "panel_height_m": 0.2, "image_data": png.tobytes(),
+             "author_name": "Dr A"}
+    viewer = np.array([0.2, 1.0, 0.9])  # in front of the panel, along +Z of our world
+    (quad,) = holograms_for(panel, viewer)
+    assert quad.kind == "quad" and quad.scale == (0.3, 0.2, 1.0) and quad.texture == png.tobytes()
+    from vision.camera import rotation_from_quaternion_xyzw
+    R = rotation_from_quaternion_xyzw(np.array(quad.rotation_unity_xyzw))
+    # Unity's quad is seen from its -Z side: its +Z points away from the wearer (Unity frame).
+    away_unity = (np.array(quad.position_unity_m) - viewer * [1, 1, -1])
+    assert R[:, 2] @ away_unity / np.linalg.norm(away_unity) > 0.99
+    kinds = [c.command for c in commands_for(quad)]
+    assert kinds[0] == wire.Rus.CREATE_PRIMITIVE and wire.Rus.SET_TEXTURE in kinds
+
+    arrow = {"kind": "arrow", "color": "#0000ff", "author_name": "Dr A",
+             "points_world_m": [[0.0, 0.8, 0.0], [0.05, 0.8, 0.0], [0.10, 0.8, 0.0]],
+             "normals_world": [[0, 1, 0]] * 3}
+    objects = holograms_for(arrow, viewer)
+    assert [o.kind for o in objects] == ["cylinder"] * 3  # the shaft (decimated to one) and two barbs
+    tip = np.array([0.10, 0.8, 0.0]) * [1, 1, -1]
+    for barb in objects[1:]:
+        axis = rotation_from_quaternion_xyzw(np.array(barb.rotation_unity_xyzw))[:, 1] * barb.scale[1]
+        ends = [np.array(barb.position_unity_m) + axis, np.array(barb.position_unity_m) - axis]
+        assert min(np.linalg.norm(e - tip) for e in ends) < 1e-5
+        assert 2 * barb.scale[1] == pytest.approx(ARROW_BARB_M, abs=1e-5)
+        assert abs(axis[1]) < 1e-6  # in the surface's tangent plane (the normal is +Y)
