@@ -33,7 +33,7 @@ def test_an_hl2ss_pose_is_row_vector_with_the_camera_looking_down_minus_z():
     np.testing.assert_allclose(wire.T_world_camera_from_hl2ss(pose), T, atol=1e-6)
     # A point one metre ahead of the camera projects to the principal point either way.
     ahead = T[:3, 3] + T[:3, 2]
-    uv, depth = project(ahead[None], wire.T_world_camera_from_hl2ss(pose), HOLOLENS_PV_1280x720)
+    uv, _ = project(ahead[None], wire.T_world_camera_from_hl2ss(pose), HOLOLENS_PV_1280x720)
     np.testing.assert_allclose(uv[0], [HOLOLENS_PV_1280x720.cx, HOLOLENS_PV_1280x720.cy], atol=1e-3)
     assert wire.T_world_camera_from_hl2ss(np.zeros((4, 4), np.float32)) is None  # "not located"
 
@@ -109,9 +109,10 @@ def test_a_long_stroke_costs_a_bounded_number_of_cylinders_that_follow_it():
 
 
 def test_shared_images_face_the_wearer_and_arrows_get_their_head():
-    from clients.hololens_bridge.holograms import ARROW_BARB_M, commands_for
     import cv2
-    ok, png = cv2.imencode(".png", np.full((40, 60, 3), 200, np.uint8))
+
+    from clients.hololens_bridge.holograms import ARROW_BARB_M, commands_for
+    _, png = cv2.imencode(".png", np.full((40, 60, 3), 200, np.uint8))
     panel = {"kind": "image", "color": "#ff0000", "points_world_m": [[0.2, 1.0, 0.1]],
              "panel_width_m": 0.3, "panel_height_m": 0.2, "image_data": png.tobytes(),
              "author_name": "Dr A"}

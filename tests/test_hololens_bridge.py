@@ -188,7 +188,7 @@ async def test_headset_commands_are_exact_and_survive_reconnects(world: World, r
                                     "end_display_list"]
     assert sent[1] == ("create_primitive", "sphere")
     assert sent[2] == ("set_target_mode", 1) and sent[6] == ("set_target_mode", 0)
-    name, target, position, rotation, scale = sent[3]
+    _, target, position, rotation, scale = sent[3]
     assert target == 0  # "use last": the sphere just created
     np.testing.assert_allclose(position, (x, y, -z), atol=1e-6)  # Unity is left-handed: z mirrored
     np.testing.assert_allclose(rotation, (0, 0, 0, 1), atol=1e-7)

@@ -59,14 +59,12 @@ def run(args: argparse.Namespace) -> int:
     if args.preview and not args.simulate:
         print("goldenhour bridge: --preview needs --simulate", file=sys.stderr)
         return 2
+    from clients.hololens_bridge.recording import RecordingError
     try:
         asyncio.run(_main(args, context))
-    except Exception as error:  # noqa: BLE001 - a clear message, not a traceback
-        from clients.hololens_bridge.recording import RecordingError
-        if isinstance(error, RecordingError):
-            print(f"goldenhour bridge: {error}", file=sys.stderr)
-            return 2
-        raise
+    except RecordingError as error:  # a clear message, not a traceback
+        print(f"goldenhour bridge: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
