@@ -249,6 +249,18 @@ async def test_headset_commands_are_exact_and_survive_reconnects(world: World, r
     assert [c for c in after if c[0] in ("create_primitive", "create_text")] == [("create_primitive", "sphere")]
     assert set(r.headset.objects) == set(r.bridge.holograms.shown[again["annotation_id"]][1])
 
+    # A second ambulance in the same room: what experts draw on its picture lies
+    # in its own world frame, and never appears in this headset.
+    other = await world.crew(room="hl-3", name="second ambulance", width=320, height=180, audio=False)
+    await expert.wait_until(lambda: any(m.get("type") == "pose" and m.get("peer_id") == other.client.state.peer_id
+                                        for m in expert.data_messages), 20)
+    theirs = [m for m in expert.data_messages if m.get("type") == "pose"
+              and m.get("peer_id") == other.client.state.peer_id][-1]
+    elsewhere = await expert.request({"type": "annotate", "producer_id": theirs["producer_id"],
+                                      "rtp_timestamp": theirs["rtp_timestamp"], "kind": "point",
+                                      "points": [[0.5, 0.5]]})
+    await r.bridge.client.wait_until(lambda: elsewhere["annotation_id"] in r.bridge.client.annotations, 10)
+
     # The headset connection drops (the bridge restarted, say): the next sync
     # clears what the headset holds and rebuilds it, leaving no orphans.
     await r.bridge.source.unity.close()
@@ -258,6 +270,9 @@ async def test_headset_commands_are_exact_and_survive_reconnects(world: World, r
     label = await expert.request({"type": "annotate", "producer_id": producer_id, "rtp_timestamp": rtp,
                                   "kind": "label", "text": "Tourniquet 14:02", "points": [uv_norm(elbow, T)]})
     await expert.wait_until(lambda: label["annotation_id"] in r.bridge.holograms.shown, 10)
+    # That sync rebuilt everything the room holds for this headset, and only that.
+    assert set(r.bridge.holograms.shown) == {again["annotation_id"], label["annotation_id"]}
+    assert elsewhere["annotation_id"] in r.bridge.client.annotations
     after = r.headset.commands[start:]
     assert after[:2] == [("begin_display_list",), ("remove_all",)]
     shown_keys = {k for _, keys in r.bridge.holograms.shown.values() for k in keys}

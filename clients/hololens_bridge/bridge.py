@@ -102,6 +102,9 @@ class Bridge:
         self.head_position_world_m = np.zeros(3)
         self.connected = asyncio.Event()
         self.sessions = 0
+        #: Every peer id this bridge has published as: annotations anchored on
+        #: any of them are in this headset's world frame.
+        self.own_peer_ids: set[str] = set()
         self.frames_received = 0
         self.poses_sent = 0
         self.map_blocks_sent = 0
@@ -193,6 +196,7 @@ class Bridge:
         sender = next(t.sender for t in client.publish_pc.getTransceivers() if t.kind == "video")
         aiortc_seams.watch_sent_rtp(sender, self._on_video_packet)
         self.sessions += 1
+        self.own_peer_ids.add(client.state.peer_id)
         self.connected.set()
         # A new crew peer has an empty map on the server: send all of it again.
         self._blocks_of.clear()
@@ -326,7 +330,12 @@ class Bridge:
             client = self.client
             if client is None or not self.connected.is_set():
                 continue
-            await self.holograms.sync(dict(client.annotations), self.head_position_world_m)
+            # Only what was drawn in this headset's world: another ambulance in the
+            # room has a world frame of its own. Earlier sessions of this bridge
+            # (before a reconnect) share this headset's frame.
+            mine = {aid: a for aid, a in client.annotations.items()
+                    if a.get("crew_peer_id") in self.own_peer_ids}
+            await self.holograms.sync(mine, self.head_position_world_m)
 
     async def _show_overlays(self, min_interval_s: float = 0.5) -> None:
         """The latest AI result on the crew's head-locked panel, at most twice a
