@@ -107,8 +107,9 @@ async def _main(args: argparse.Namespace, context: ssl.SSLContext | None) -> Non
     if sys.stdin is not None and not sys.stdin.closed:
         tasks.append(asyncio.create_task(_keyboard(bridge)))
     log.info("bridge running", extra={"room": args.room, "url": args.url})
-    print(f"  Bridge publishing into room '{args.room}'. Type g and Enter to request guidance.",
-          file=sys.stderr)
+    if sys.stdin is not None and sys.stdin.isatty():
+        print(f"  Bridge publishing into room '{args.room}'. Type g and Enter to request guidance.",
+              file=sys.stderr)
     try:
         await stop.wait()
     finally:
