@@ -57,6 +57,11 @@ async def rig(world: World):
         await asyncio.wait_for(r.stop(), 20)
 
 
+def capture_time_of(expert, rtp_timestamp: int) -> float | None:
+    return next((m.get("capture_time_ms") for m in reversed(expert.data_messages)
+                 if m.get("type") == "pose" and m["rtp_timestamp"] == rtp_timestamp), None)
+
+
 def pose_of(expert, rtp_timestamp: int) -> np.ndarray | None:
     for m in reversed(expert.data_messages):
         if m.get("type") == "pose" and m["rtp_timestamp"] == rtp_timestamp:
@@ -80,6 +85,11 @@ async def test_headset_streams_reach_an_expert_with_each_frames_pose(world: Worl
             assert sent is not None and rtp is not None
             await expert.wait_until(lambda rtp=rtp: pose_of(expert, rtp) is not None, 5)
             np.testing.assert_allclose(pose_of(expert, rtp), sent.reported_T_world_camera, atol=1e-5)
+            # Capture time from the headset's clock (remote configuration's UTC
+            # offset) against the wall-clock time the headset painted in.
+            capture_ms = capture_time_of(expert, rtp)
+            assert capture_ms is not None
+            assert abs(((int(capture_ms) - code.capture_ms + 2**31) % 2**32) - 2**31) < 150
             checked += 1
     # The headset's H.264 was passed through: the picture is the headset's size.
     assert (frame.width, frame.height) == (WIDTH, HEIGHT)

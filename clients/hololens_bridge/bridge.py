@@ -246,11 +246,14 @@ class Bridge:
             del self.added_latency_ms[:5_000]
         frame: wire.PvFrame = sent.info  # type: ignore[assignment]
         m = frame.metadata
-        self.client.send_data({
+        pose = {
             "type": "pose", "rtp_timestamp": timestamp,
             "T_world_camera": [float(v) for v in frame.T_world_camera.reshape(-1)],
             "intrinsics": {"width": m.width, "height": m.height, "fx": m.fx, "fy": m.fy,
-                           "cx": m.cx, "cy": m.cy, "distortion": []}})
+                           "cx": m.cx, "cy": m.cy, "distortion": []}}
+        if frame.capture_unix_ms is not None:  # the console shows capture-to-display delay
+            pose["capture_time_ms"] = round(frame.capture_unix_ms, 1)
+        self.client.send_data(pose)
         self.poses_sent += 1
 
     # --- headset side ---------------------------------------------------------------

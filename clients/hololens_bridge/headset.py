@@ -8,6 +8,7 @@ that ends when its connection does; the bridge reconnects.
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -54,8 +55,26 @@ class Hl2ssHeadset:
         await writer.drain()
         writer.close()
 
+    async def utc_offset(self) -> int | None:
+        """The headset clock's offset to FILETIME (remote configuration port), or
+        None where the port does not answer: frames then carry no capture time."""
+        try:
+            reader, writer = await asyncio.wait_for(self._open("remote_configuration"), 2.0)
+        except (OSError, TimeoutError):
+            return None
+        try:
+            writer.write(bytes([wire.RC_GET_UTC_OFFSET]))
+            await writer.drain()
+            (offset,) = struct.unpack("<Q", await asyncio.wait_for(reader.readexactly(8), 2.0))
+            return offset
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            return None
+        finally:
+            writer.close()
+
     async def video(self) -> AsyncIterator[wire.PvFrame]:
         """PV frames (H.264 access units) with pose and intrinsics, as they arrive."""
+        offset = await self.utc_offset()
         await self.start_pv_subsystem()
         reader, writer = await self._open("pv")
         try:
@@ -66,8 +85,10 @@ class Hl2ssHeadset:
                 received = time.perf_counter()
                 annex_b, metadata = wire.split_pv_payload(packet.payload)
                 assert packet.pose is not None
+                capture_ms = (None if offset is None
+                              else wire.unix_ms_from_headset(packet.timestamp_100ns, offset))
                 yield wire.PvFrame(packet.timestamp_100ns, annex_b, metadata,
-                                   wire.T_world_camera_from_hl2ss(packet.pose), received)
+                                   wire.T_world_camera_from_hl2ss(packet.pose), received, capture_ms)
         finally:
             writer.close()
 

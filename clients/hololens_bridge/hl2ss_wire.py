@@ -29,7 +29,8 @@ class Port:
 
 
 DEFAULT_PORTS = {"pv": Port.PERSONAL_VIDEO, "microphone": Port.MICROPHONE,
-                 "spatial_mapping": Port.SPATIAL_MAPPING, "unity": Port.UNITY_MESSAGE_QUEUE}
+                 "spatial_mapping": Port.SPATIAL_MAPPING, "unity": Port.UNITY_MESSAGE_QUEUE,
+                 "remote_configuration": Port.REMOTE_CONFIGURATION}
 
 
 class WireError(ValueError):
@@ -89,6 +90,19 @@ def T_world_camera_from_hl2ss(pose_rowvec: np.ndarray) -> np.ndarray | None:
 def hl2ss_from_T_world_camera(T_world_camera: np.ndarray) -> np.ndarray:
     """The inverse of T_world_camera_from_hl2ss, as float32 on the wire."""
     return (np.asarray(T_world_camera, dtype=np.float64) @ _FLIP_YZ).T.astype(np.float32)
+
+
+# --- remote configuration: the headset clock ------------------------------------
+
+RC_GET_UTC_OFFSET = 0x01
+#: 1601-01-01 (FILETIME's epoch) to 1970-01-01, in 100 ns ticks.
+FILETIME_UNIX_EPOCH_100NS = 116_444_736_000_000_000
+
+
+def unix_ms_from_headset(timestamp_100ns: int, utc_offset_100ns: int) -> float:
+    """A stream timestamp (the headset's QPC clock) as Unix milliseconds: hl2ss's
+    remote configuration gives the offset that makes it a FILETIME."""
+    return (timestamp_100ns + utc_offset_100ns - FILETIME_UNIX_EPOCH_100NS) / 10_000
 
 
 # --- personal video (PV) ----------------------------------------------------------
@@ -207,6 +221,7 @@ class PvFrame:
     metadata: PvMetadata
     T_world_camera: np.ndarray | None  # ours (OpenCV camera axes), None if not located
     received_s: float = 0.0  # time.perf_counter() when its last byte arrived
+    capture_unix_ms: float | None = None  # when the headset's clock offset is known
 
 
 _AUD_H264 = b"\x00\x00\x00\x01\x09"

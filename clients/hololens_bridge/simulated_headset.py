@@ -142,7 +142,8 @@ class SimulatedHeadset:
 
     async def start(self) -> None:
         handlers = {"pv": self._serve_pv, "microphone": self._serve_microphone,
-                    "spatial_mapping": self._serve_spatial_mapping, "unity": self._serve_unity}
+                    "spatial_mapping": self._serve_spatial_mapping, "unity": self._serve_unity,
+                    "remote_configuration": self._serve_remote_configuration}
         for name, handler in handlers.items():
             server = await asyncio.start_server(self._guarded(name, handler), self.host,
                                                 self.ports.get(name, 0))
@@ -177,6 +178,20 @@ class SimulatedHeadset:
                 self._tasks.discard(task)
                 writer.close()
         return serve
+
+    # --- remote configuration ------------------------------------------------------------
+
+    async def _serve_remote_configuration(self, reader, writer) -> None:
+        """Only the clock: the offset that turns stream timestamps (our monotonic
+        clock, as the headset's QPC) into FILETIME."""
+        while True:
+            (command,) = await reader.readexactly(1)
+            if command != wire.RC_GET_UTC_OFFSET:
+                raise wire.WireError(f"the simulated headset's remote configuration knows only "
+                                     f"command {wire.RC_GET_UTC_OFFSET}, not {command}")
+            filetime_now = time.time_ns() // 100 + wire.FILETIME_UNIX_EPOCH_100NS
+            writer.write(struct.pack("<Q", filetime_now - time.monotonic_ns() // 100))
+            await writer.drain()
 
     # --- PV ---------------------------------------------------------------------------
 
