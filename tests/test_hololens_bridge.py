@@ -368,3 +368,46 @@ async def test_ai_results_and_guidance_requests_pass_through_the_bridge(world: W
     # A second result refreshes the same panel's texture: no new object.
     await r.bridge.client.wait_until(lambda: r.bridge.overlays_shown >= 2, 20)
     assert [o for o in r.headset.objects.values() if o.kind == "quad" and o.head_locked] == panels
+
+
+async def test_a_headset_sending_garbage_is_named_in_the_log_and_the_rest_carries_on(world: World, caplog):
+    """A PV port that answers with nonsense (a 1 GiB packet header): the bridge
+    says what is wrong, keeps retrying that stream, and the others go on."""
+    import logging
+    import struct
+    attempts = 0
+    retried = asyncio.Event()
+
+    async def broken_pv(reader, writer):
+        nonlocal attempts
+        attempts += 1
+        if attempts >= 4:  # start + stream, twice: it came back after the failure
+            retried.set()
+        await reader.read(64)  # the start block, or a configuration
+        writer.write(struct.pack("<QI", 1, 1 << 30))
+        await writer.drain()
+        writer.close()
+
+    broken = await asyncio.start_server(broken_pv, "127.0.0.1", 0)
+    headset = SimulatedHeadset()
+    await headset.start()
+    ports = {**headset.ports, "pv": broken.sockets[0].getsockname()[1]}
+    bridge = Bridge(Hl2ssHeadset("127.0.0.1", ports, pv=wire.PvConfig(WIDTH, HEIGHT, 30), map_interval_s=0.5),
+                    world.server.ws, "hl-6", "medic",
+                    make_client=lambda: world.client("crew", "medic", "hl-6", create=True))
+    caplog.set_level(logging.WARNING, logger="clients.hololens_bridge.bridge")
+    await bridge.start()
+    try:
+        await asyncio.wait_for(bridge.connected.wait(), 20)
+        triangles = len(headset.scene.triangles)
+        await bridge.client.wait_until(lambda: sum(bridge.map_triangles_stored.values()) == triangles, 30)
+        await asyncio.wait_for(retried.wait(), 20)
+        lost = [r for r in caplog.records if r.getMessage() == "headset stream lost"]
+        assert lost and all(r.stream == "video" for r in lost)
+        assert any("exceeds" in r.error for r in lost)  # the log names the problem
+        assert bridge.connected.is_set() and bridge.sessions == 1  # the server connection never dropped
+        assert bridge.frames_received == 0
+    finally:
+        await bridge.stop()
+        broken.close()
+        await headset.stop()
