@@ -74,6 +74,17 @@ async def test_only_authors_delete_observers_do_not_draw_and_experts_send_no_map
     assert list(bob.annotations) == [theirs["annotation_id"]]
     assert list(ada.annotations) == [theirs["annotation_id"]]
 
+    # Redo puts back exactly what was anchored (no re-anchoring, so no need for
+    # the frame's pose, which the server keeps only 10 s); only its author may.
+    with pytest.raises(ServerError, match="not one of your deleted annotations"):
+        await bob.request({"type": "annotation_restore", "annotation_id": mine["annotation_id"]})
+    back = await ada.request({"type": "annotation_restore", "annotation_id": mine["annotation_id"]})
+    assert back["annotation_id"] == mine["annotation_id"]
+    assert back["points_world_m"] == mine["points_world_m"] and back["author_name"] == "Ada"
+    await bob.wait_until(lambda: mine["annotation_id"] in bob.annotations)
+    with pytest.raises(ServerError, match="not one of your deleted annotations"):
+        await ada.request({"type": "annotation_restore", "annotation_id": mine["annotation_id"]})
+
 
 async def test_bad_annotations_are_refused_by_name_and_change_nothing(world: World):
     crew = await scene_crew(world, "ann-3")

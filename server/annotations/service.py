@@ -39,6 +39,8 @@ class AnnotationRefused(Exception):
 #: Shapes with at most this many points (a point, a label, a ruler, an angle)
 #: are anchored on the event loop: ~1 ms, measured with the 85k-triangle scene.
 INLINE_MAX_POINTS = 8
+#: Deleted annotations kept per author for redo.
+TRASH_PER_AUTHOR = 50
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ class AnnotationService:
         self._colors: dict[str, str] = {}
         self._ids = itertools.count(1)
         self._max = max_annotations
+        #: author peer id -> their deleted annotations (oldest first), for redo
+        self._trash: dict[str, dict[str, Annotation]] = {}
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -221,12 +225,37 @@ class AnnotationService:
             raise AnnotationRefused(
                 "forbidden", f"annotation {annotation_id!r} belongs to {annotation.author.name}; only its author may delete it"
             )
-        del self._annotations[annotation_id]
+        self._discard(self._annotations.pop(annotation_id))
         return annotation_id
 
     def clear(self, peer_id: str) -> list[str]:
         """Delete all of `peer_id`'s annotations; returns their ids."""
         mine = [a.annotation_id for a in self._annotations.values() if a.author.peer_id == peer_id]
         for annotation_id in mine:
-            del self._annotations[annotation_id]
+            self._discard(self._annotations.pop(annotation_id))
         return mine
+
+    def _discard(self, annotation: Annotation) -> None:
+        """Keep a deleted annotation for its author's redo (the last TRASH_PER_AUTHOR)."""
+        trash = self._trash.setdefault(annotation.author.peer_id, {})
+        trash[annotation.annotation_id] = annotation
+        while len(trash) > TRASH_PER_AUTHOR:
+            del trash[next(iter(trash))]
+
+    def restore(self, peer_id: str, annotation_id: str) -> Annotation:
+        """Put back one of `peer_id`'s deleted annotations, anchored exactly as it was:
+        redo must not depend on the frame's pose still being kept (10 s)."""
+        annotation = self._trash.get(peer_id, {}).pop(annotation_id, None)
+        if annotation is None:
+            raise AnnotationRefused(
+                "not_found", f"annotation_restore: {annotation_id!r} is not one of your deleted annotations")
+        if len(self._annotations) >= self._max:
+            self._trash[peer_id][annotation_id] = annotation
+            raise AnnotationRefused(
+                "too_many_annotations", f"the room holds {self._max} annotations; delete some first")
+        self._annotations[annotation_id] = annotation
+        return annotation
+
+    def forget_author(self, peer_id: str) -> None:
+        """An author left: their deleted annotations can no longer be restored."""
+        self._trash.pop(peer_id, None)

@@ -150,6 +150,7 @@ class RoomAnnotations:
         """A peer left: drop what the room kept for it alone (its annotations stay)."""
         self._frozen.pop(peer_id, None)
         self._laser_at.pop(peer_id, None)
+        self.service.forget_author(peer_id)
 
     def welcome(self, peer: Peer) -> None:
         """A newcomer sees every current annotation."""
@@ -182,6 +183,10 @@ class RoomAnnotations:
                     removed = self.service.clear(peer.id)
                 self._tell_others(peer, m.AnnotationsRemoved(annotation_ids=removed, by_peer_id=peer.id))
                 return m.AnnotationsRemoved(annotation_ids=removed, by_peer_id=peer.id)
+            if isinstance(message, m.AnnotationRestore):
+                restored = self.service.restore(peer.id, message.annotation_id)
+                self._tell_others(peer, annotation_message(restored))
+                return annotation_message(restored)
             if isinstance(message, m.Laser):
                 await self._laser(peer, message)
                 return None

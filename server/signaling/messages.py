@@ -160,6 +160,12 @@ class AnnotationClear(_Message, tag="annotation_clear"):
     """Delete all of the sender's own annotations."""
 
 
+class AnnotationRestore(_Message, tag="annotation_restore"):
+    """Put back one of the sender's own deleted annotations, exactly as it was anchored (redo)."""
+
+    annotation_id: Annotated[str, msgspec.Meta(max_length=64)]
+
+
 class Laser(_Message, tag="laser"):
     """An ephemeral pointer on a crew's video: anchored and relayed, never stored."""
 
@@ -269,10 +275,12 @@ class MapBlockStored(_Message, tag="map_block_stored"):
     triangles: int
 
 
-AnnotationMessage = Union[Annotate, ShareImage, FreezeFrame, AnnotationDelete, AnnotationClear, Laser, MapBlock, MapBlockRemove]
+AnnotationMessage = Union[Annotate, ShareImage, FreezeFrame, AnnotationDelete, AnnotationClear,
+                          AnnotationRestore, Laser, MapBlock, MapBlockRemove]
 ClientMessage = Union[Join, PublishOffer, SubscribeAnswer, IceCandidate, Leave, Ping, Annotate,
                       FreezeFrame, ShareImage,
-                      AnnotationDelete, AnnotationClear, Laser, MapBlock, MapBlockRemove,
+                      AnnotationDelete, AnnotationClear, AnnotationRestore, Laser, MapBlock,
+                      MapBlockRemove,
                       RequestGuidance, WatchLobby]
 
 

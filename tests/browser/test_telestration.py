@@ -176,6 +176,15 @@ def test_second_expert_sees_the_first_experts_annotation_live(room, open_page, l
     assert seen["annotation_id"] == own["annotation_id"] and seen["color"] == own["color"]
     assert any(m["name"] == "area" and m["unit"] == "mm²" for m in seen["measurements"])
 
+    # Undo removes it for everyone; redo puts back exactly what was anchored.
+    first.click("#undo")
+    second.wait_for_function("() => window.goldenhour.telestration.annotations.size === 0")
+    first.click("#redo")
+    second.wait_for_function("() => window.goldenhour.telestration.annotations.size === 1")
+    back = second.evaluate("() => [...window.goldenhour.telestration.annotations.values()][0]")
+    assert back["annotation_id"] == own["annotation_id"]
+    assert back["points_world_m"] == own["points_world_m"]
+
 
 def test_freeze_frame_annotation_anchors_against_the_frozen_frame(
         room, open_page, loop_peers, scene_map) -> None:

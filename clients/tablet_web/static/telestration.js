@@ -136,10 +136,13 @@ export class Telestration {
   }
 
   async redo() {
+    // The server keeps what undo deleted and puts it back exactly as it was
+    // anchored (annotation_restore): no pose needed, shared images included.
     const again = this.#redo.pop();
-    if (!again || !again.request) return;
-    const reply = await this.#api.request(again.request);
-    this.#undo.push({ annotation_id: reply.annotation_id, request: again.request });
+    if (!again) return;
+    const reply = await this.#api.request({ type: "annotation_restore", annotation_id: again.annotation_id });
+    this.onMessage(reply);
+    this.#undo.push(again);
   }
 
   async remove(annotationId) {
