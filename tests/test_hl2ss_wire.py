@@ -124,6 +124,10 @@ def test_shared_images_face_the_wearer_and_arrows_get_their_head():
     # Unity's quad is seen from its -Z side: its +Z points away from the wearer (Unity frame).
     away_unity = (np.array(quad.position_unity_m) - viewer * [1, 1, -1])
     assert R[:, 2] @ away_unity / np.linalg.norm(away_unity) > 0.99
+    # The server sends the file as base64 text (msgspec's builtins): the same panel.
+    import base64
+    (again,) = holograms_for({**panel, "image_data": base64.b64encode(png.tobytes()).decode()}, viewer)
+    assert again == quad
     kinds = [c.command for c in commands_for(quad)]
     assert kinds[0] == wire.Rus.CREATE_PRIMITIVE and wire.Rus.SET_TEXTURE in kinds
 

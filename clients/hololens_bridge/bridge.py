@@ -26,7 +26,7 @@ from clients.hololens_bridge.headset import MapUpdate
 from clients.hololens_bridge.headset_scene import HologramSync, UnityQueue
 from clients.hololens_bridge.holograms import overlay_panel_png
 from clients.hololens_bridge.media import EncodedVideoTrack, PcmAudioTrack, TranscodingVideoTrack
-from clients.sdk.client import GoldenHourClient
+from clients.sdk.client import GoldenHourClient, ServerError
 from server.sfu import aiortc_seams
 from vision.spatial_map import split_into_blocks
 
@@ -93,6 +93,8 @@ class Bridge:
         #: surface name -> the map block ids it was sent as
         self._surfaces: dict[str, wire.SurfaceMesh] = {}
         self._blocks_of: dict[str, list[str]] = {}
+        #: surface name -> how many times the headset has sent it (what to re-upload)
+        self._surface_versions: dict[str, int] = {}
         self._map_changed = asyncio.Event()
         self._annotations_changed = asyncio.Event()
         self._overlay_changed = asyncio.Event()
@@ -150,7 +152,7 @@ class Bridge:
                 await run()  # type: ignore[misc]
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncio.IncompleteReadError, wire.WireError) as error:
+            except Exception as error:  # noqa: BLE001 - a stream must never die for good
                 log.warning("headset stream lost", extra={"stream": what, "error": repr(error)})
             if time.monotonic() - started > 5.0:
                 backoff.reset()
@@ -245,6 +247,8 @@ class Bridge:
         if len(self.added_latency_ms) > 10_000:
             del self.added_latency_ms[:5_000]
         frame: wire.PvFrame = sent.info  # type: ignore[assignment]
+        if frame.T_world_camera is None:
+            return  # not located: nothing can be anchored on this frame
         m = frame.metadata
         pose = {
             "type": "pose", "rtp_timestamp": timestamp,
@@ -261,9 +265,10 @@ class Bridge:
     async def _read_video(self) -> None:
         async for frame in self.source.video():
             self.frames_received += 1
-            if frame.T_world_camera is None:
-                continue  # the headset could not locate this frame: no pose, no anchoring
-            self.head_position_world_m = frame.T_world_camera[:3, 3].copy()
+            # A frame the headset could not locate still goes out (dropping it would
+            # break H.264's reference chain until the next keyframe), without a pose.
+            if frame.T_world_camera is not None:
+                self.head_position_world_m = frame.T_world_camera[:3, 3].copy()
             if self.video is not None and self.connected.is_set():
                 self.video.push(frame.annex_b, frame.timestamp_100ns, frame, frame.received_s)
 
@@ -276,7 +281,9 @@ class Bridge:
         sender = asyncio.create_task(self._send_map())
         try:
             async for update in self.source.spatial_map():
-                self._surfaces.update(update.changed)
+                for name, mesh in update.changed.items():
+                    self._surfaces[name] = mesh
+                    self._surface_versions[name] = self._surface_versions.get(name, 0) + 1
                 for name in update.removed:
                     self._surfaces.pop(name, None)
                 self._map_changed.set()
@@ -284,7 +291,8 @@ class Bridge:
             await cancel_all([sender])
 
     async def _send_map(self) -> None:
-        """Send each changed surface as map blocks, and remove blocks no longer there."""
+        """Send each changed surface as map blocks, and remove blocks no longer there.
+        An interrupted upload is retried; a block the server refuses is logged and skipped."""
         sent_versions: dict[str, int] = {}
         while True:
             await self._map_changed.wait()
@@ -296,37 +304,52 @@ class Bridge:
                 sent_versions.clear()  # a new session: everything again
                 self.map_triangles_stored.clear()
             try:
-                for name in [n for n in self._blocks_of if n not in self._surfaces]:
-                    for block_id in self._blocks_of.pop(name):
-                        await client.request({"type": "map_block_remove", "block_id": block_id})
-                        self.map_triangles_stored.pop(block_id, None)
-                for name, mesh in list(self._surfaces.items()):
-                    if sent_versions.get(name) == id(mesh):
-                        continue
-                    ids = []
-                    for k, (_, vertices, triangles) in enumerate(split_into_blocks(
-                            mesh.vertices_world_m, mesh.triangles, MAP_BLOCK_TRIANGLES)):
-                        block_id = f"{name}/{k}"
-                        stored = await client.request({
-                            "type": "map_block", "block_id": block_id,
-                            "vertices": np.round(vertices, 5).reshape(-1).tolist(),
-                            "triangles": triangles.reshape(-1).tolist()})
-                        ids.append(block_id)
-                        self.map_blocks_sent += 1
-                        self.map_triangles_stored[block_id] = int(stored["triangles"])
-                        client.changed()
-                    for stale in self._blocks_of.get(name, [])[len(ids):]:
-                        await client.request({"type": "map_block_remove", "block_id": stale})
-                        self.map_triangles_stored.pop(stale, None)
-                    self._blocks_of[name] = ids
-                    sent_versions[name] = id(mesh)
-            except (ConnectionError, TimeoutError) as error:
-                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                    raise
-                log.warning("map upload interrupted", extra={"error": repr(error)})
+                await self._upload_map(client, sent_versions)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - connection lost mid-upload: retry
+                log.warning("map upload interrupted; retrying", extra={"error": repr(error)})
+                await asyncio.sleep(1.0)
+                self._map_changed.set()
+
+    async def _upload_map(self, client: GoldenHourClient, sent_versions: dict[str, int]) -> None:
+        for name in [n for n in self._blocks_of if n not in self._surfaces]:
+            for block_id in self._blocks_of.pop(name):
+                await client.request({"type": "map_block_remove", "block_id": block_id})
+                self.map_triangles_stored.pop(block_id, None)
+        for name, mesh in list(self._surfaces.items()):
+            version = self._surface_versions.get(name, 0)
+            if sent_versions.get(name) == version:
+                continue
+            ids = []
+            for k, (_, vertices, triangles) in enumerate(split_into_blocks(
+                    mesh.vertices_world_m, mesh.triangles, MAP_BLOCK_TRIANGLES)):
+                block_id = f"{name}/{k}"
+                try:
+                    stored = await client.request({
+                        "type": "map_block", "block_id": block_id,
+                        "vertices": np.round(vertices, 5).reshape(-1).tolist(),
+                        "triangles": triangles.reshape(-1).tolist()})
+                except ServerError as error:
+                    log.warning("server refused a map block", extra={"block_id": block_id,
+                                                                     "error": str(error)})
+                    continue
+                ids.append(block_id)
+                self.map_blocks_sent += 1
+                self.map_triangles_stored[block_id] = int(stored["triangles"])
+                client.changed()
+            for stale in [b for b in self._blocks_of.get(name, []) if b not in ids]:
+                await client.request({"type": "map_block_remove", "block_id": stale})
+                self.map_triangles_stored.pop(stale, None)
+            self._blocks_of[name] = ids
+            sent_versions[name] = version
 
     async def _sync_holograms(self) -> None:
         assert self.holograms is not None
+        # (Re)started, perhaps after a failed batch: draw the room's state once now,
+        # and again whenever a panel's batch had to clear the headset.
+        self.holograms.on_reset = self._annotations_changed.set
+        self._annotations_changed.set()
         while True:
             await self._annotations_changed.wait()
             self._annotations_changed.clear()

@@ -8,6 +8,7 @@ that ends when its connection does; the bridge reconnects.
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -17,6 +18,13 @@ import numpy as np
 
 from clients.hololens_bridge import hl2ss_wire as wire
 from clients.hololens_bridge.headset_scene import UnityQueue
+
+
+CONNECT_TIMEOUT_S = 3.0
+#: No video or audio packet for this long: the link is dead even without a FIN.
+STREAM_SILENCE_S = 5.0
+#: A spatial-mapping reply (meshes are computed on the headset) takes at most this.
+MAP_REPLY_S = 30.0
 
 
 @dataclass
@@ -41,11 +49,12 @@ class Hl2ssHeadset:
         self.unity = UnityQueue(host, self.ports["unity"])
 
     async def _open(self, port: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await asyncio.open_connection(self.host, self.ports[port])
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.ports[port]), CONNECT_TIMEOUT_S)
         sock = writer.get_extra_info("socket")
         if sock is not None:
-            import socket
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         return reader, writer
 
     async def start_pv_subsystem(self) -> None:
@@ -81,7 +90,10 @@ class Hl2ssHeadset:
             writer.write(self.pv.encode())
             await writer.drain()
             while True:
-                packet = await wire.read_packet(reader, with_pose=True)
+                # A headset that walked out of Wi-Fi range sends no FIN: give up
+                # after a silence no live camera has, and reconnect.
+                packet = await asyncio.wait_for(wire.read_packet(reader, with_pose=True),
+                                                STREAM_SILENCE_S)
                 received = time.perf_counter()
                 annex_b, metadata = wire.split_pv_payload(packet.payload)
                 assert packet.pose is not None
@@ -99,7 +111,8 @@ class Hl2ssHeadset:
             writer.write(wire.mic_config())
             await writer.drain()
             while True:
-                packet = await wire.read_packet(reader, with_pose=False)
+                packet = await asyncio.wait_for(wire.read_packet(reader, with_pose=False),
+                                                STREAM_SILENCE_S)
                 yield wire.pcm_from_mic_payload(packet.payload)
         finally:
             writer.close()
@@ -113,7 +126,7 @@ class Hl2ssHeadset:
             while True:
                 writer.write(bytes([wire.SM_GET_SURFACES]))
                 await writer.drain()
-                surfaces = await wire.read_surfaces(reader)
+                surfaces = await asyncio.wait_for(wire.read_surfaces(reader), MAP_REPLY_S)
                 wanted = [s for s in surfaces if known.get(s.surface_id) != s.update_time]
                 update = MapUpdate()
                 current = {s.surface_id for s in surfaces}
@@ -123,8 +136,11 @@ class Hl2ssHeadset:
                 if wanted:
                     writer.write(wire.sm_get_meshes([s.surface_id for s in wanted]))
                     await writer.drain()
-                    for info in wanted:
-                        mesh = await wire.read_mesh(reader)
+                    for _ in wanted:
+                        mesh = await asyncio.wait_for(wire.read_mesh(reader), MAP_REPLY_S)
+                        if not 0 <= mesh.index < len(wanted):
+                            raise wire.WireError(f"mesh reply for task {mesh.index} of {len(wanted)}")
+                        info = wanted[mesh.index]  # replies name their task
                         if mesh.status == 0:
                             update.changed[info.name] = mesh
                             known[info.surface_id] = info.update_time

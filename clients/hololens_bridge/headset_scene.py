@@ -22,9 +22,14 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from clients.hololens_bridge import hl2ss_wire as wire
-from clients.hololens_bridge.holograms import Hologram, commands_for, holograms_for, panel_commands
+from clients.hololens_bridge.holograms import (Hologram, commands_for, holograms_for, image_bytes,
+                                               panel_commands)
 
 log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 3.0
+#: A batch is applied within one rendered frame; seconds of silence mean a dead link.
+REPLY_TIMEOUT_S = 5.0
 
 
 class UnityQueue:
@@ -44,7 +49,9 @@ class UnityQueue:
         return self._writer is not None and not self._writer.is_closing()
 
     async def connect(self) -> None:
-        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        # hl2ss's standalone app has no Unity queue; a firewall may drop the SYN: do not hang.
+        self._reader, self._writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT_S)
         self.fresh = True
 
     async def send(self, commands: list[wire.Command]) -> list[int]:
@@ -55,10 +62,21 @@ class UnityQueue:
             if not self.connected:
                 await self.connect()
             assert self._reader is not None and self._writer is not None
-            self._writer.write(b"".join(c.encode() for c in commands))
-            await self._writer.drain()
-            data = await self._reader.readexactly(4 * len(commands))
+            try:
+                self._writer.write(b"".join(c.encode() for c in commands))
+                await self._writer.drain()
+                data = await asyncio.wait_for(self._reader.readexactly(4 * len(commands)),
+                                              REPLY_TIMEOUT_S)
+            except BaseException:
+                # Half a batch may have been applied: the next connection starts clean.
+                self._drop()
+                raise
             return list(struct.unpack(f"<{len(commands)}I", data))
+
+    def _drop(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._reader = self._writer = None
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -76,7 +94,7 @@ def fingerprint(annotation: dict) -> str:
             "measurements", "panel_width_m", "panel_height_m")
     content = {k: annotation.get(k) for k in keys}
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode())
-    digest.update(bytes(annotation.get("image_data") or b""))
+    digest.update(image_bytes(annotation))
     return digest.hexdigest()
 
 
@@ -92,47 +110,54 @@ class HologramSync:
         self.shown: dict[str, tuple[str, list[int]]] = {}
         #: panel name -> headset key of its head-locked quad (AI results)
         self.panels: dict[str, int] = {}
+        #: Called when a panel's batch had to clear the headset first.
+        self.on_reset: Callable[[], None] | None = None
         self._lock = asyncio.Lock()
         self.batches_sent = 0
 
     async def sync(self, annotations: dict[str, dict], viewer_world_m: Iterable[float]) -> None:
-        """Make the headset show exactly `annotations` (annotation id -> message)."""
+        """Make the headset show exactly `annotations` (annotation id -> message).
+        `shown` changes only once the headset has answered the whole batch; a
+        failed batch drops the connection, and the next sync starts clean."""
         async with self._lock:
             viewer = np.asarray(list(viewer_world_m), dtype=np.float64)
             commands: list[wire.Command] = [wire.begin_display_list()]
-            if self.queue.fresh or not self.queue.connected:
-                # A (re)opened headset connection: its objects may be from an
-                # earlier bridge whose keys we do not know. Start clean.
+            reset = self.queue.fresh or not self.queue.connected
+            # A (re)opened headset connection: its objects may be from an earlier
+            # bridge whose keys we do not know. Start clean.
+            before = {} if reset else dict(self.shown)
+            if reset:
                 commands.append(wire.remove_all())
-                self.shown.clear()
-                self.panels.clear()
-            removed = [aid for aid in self.shown if aid not in annotations]
-            for aid in removed:
-                commands.extend(wire.remove(key) for key in self.shown.pop(aid)[1])
-            groups: list[tuple[str, str, int, list[int]]] = []  # id, fp, first index, create indices
+            after = dict(before)
+            for aid in [a for a in before if a not in annotations]:
+                commands.extend(wire.remove(key) for key in after.pop(aid)[1])
+            groups: list[tuple[str, str, list[int]]] = []  # id, fingerprint, create indices
             for aid, annotation in annotations.items():
                 fp = fingerprint(annotation)
-                old = self.shown.get(aid)
+                old = after.get(aid)
                 if old is not None and old[0] == fp:
                     continue
                 if old is not None:
-                    commands.extend(wire.remove(key) for key in self.shown.pop(aid)[1])
+                    commands.extend(wire.remove(key) for key in after.pop(aid)[1])
                 creates = []
                 for hologram in self._make(annotation, viewer):
                     creates.append(len(commands))
                     commands.extend(commands_for(hologram))
-                groups.append((aid, fp, 0, creates))
-            if len(commands) == 1 and not removed:
+                groups.append((aid, fp, creates))
+            if len(commands) == 1:
                 return
             commands.append(wire.end_display_list())
             results = await self.queue.send(commands)
             self.queue.fresh = False
             self.batches_sent += 1
-            for aid, fp, _, creates in groups:
+            if reset:
+                self.panels.clear()
+            for aid, fp, creates in groups:
                 keys = [results[i] for i in creates]
                 if any(key == 0 for key in keys):
                     log.warning("headset refused a hologram", extra={"annotation_id": aid})
-                self.shown[aid] = (fp, [k for k in keys if k != 0])
+                after[aid] = (fp, [k for k in keys if k != 0])
+            self.shown = after
 
     async def show_panel(self, name: str, png: bytes) -> None:
         """Show (or refresh) a head-locked picture panel: an AI result for the crew."""
@@ -142,13 +167,16 @@ class HologramSync:
                 await self.queue.send([wire.set_texture(key, png)])
                 return
             commands = [wire.begin_display_list()]
-            if self.queue.fresh or not self.queue.connected:
+            reset = self.queue.fresh or not self.queue.connected
+            if reset:
                 commands.append(wire.remove_all())
-                self.shown.clear()
-                self.panels.clear()
             first = len(commands)
             commands += panel_commands(png) + [wire.end_display_list()]
             results = await self.queue.send(commands)
             self.queue.fresh = False
+            if reset:
+                self.shown, self.panels = {}, {}
+                if self.on_reset is not None:
+                    self.on_reset()  # the annotations must be drawn again
             if results[first]:
                 self.panels[name] = results[first]

@@ -345,6 +345,11 @@ async def read_mesh(reader, position_format: int = SM_FORMAT_FLOAT4,
     index, status, vpl, til, vnl = header[:5]
     if max(vpl, til, vnl) > MAX_PAYLOAD_BYTES:
         raise WireError("spatial-mapping mesh larger than the packet limit")
+    vertex_bytes = 8 if position_format == SM_FORMAT_SNORM16x4 else 16
+    triangle_bytes = 12 if index_format == SM_INDEX_UINT32 else 6
+    if vpl % vertex_bytes or til % triangle_bytes:
+        raise WireError(f"spatial-mapping mesh of {vpl} position and {til} index bytes is not whole "
+                        f"vertices ({vertex_bytes} bytes) and triangles ({triangle_bytes} bytes)")
     scale = np.array(header[5:8], dtype=np.float64)
     pose = np.array(header[8:24], dtype=np.float64).reshape(4, 4)
     positions = await reader.readexactly(vpl)

@@ -55,6 +55,16 @@ class Hologram:
     points_world_m: tuple[tuple[float, float, float], ...] = field(default=(), compare=False)
 
 
+def image_bytes(annotation: dict) -> bytes:
+    """A shared image's file: the server sends bytes as base64 text (msgspec's
+    builtins), whatever the encoding; bytes are taken as they are."""
+    data = annotation.get("image_data") or b""
+    if isinstance(data, str):
+        import base64
+        return base64.b64decode(data)
+    return bytes(data)
+
+
 def rgba_of(color: str, alpha: float = 1.0) -> tuple[float, float, float, float]:
     """`#rrggbb` as Unity's float RGBA."""
     value = color.lstrip("#")
@@ -203,7 +213,7 @@ def holograms_for(annotation: dict, viewer_world_m: np.ndarray) -> list[Hologram
         out.append(Hologram(
             "quad", _vec(centre), _quat(R),
             (float(annotation.get("panel_width_m", 0.3)), float(annotation.get("panel_height_m", 0.2)), 1.0),
-            (1.0, 1.0, 1.0, 1.0), texture=bytes(annotation.get("image_data") or b""),
+            (1.0, 1.0, 1.0, 1.0), texture=image_bytes(annotation),
             points_world_m=(tuple(points_world[0]),)))
     elif kind in ("point", "label"):
         out.append(sphere(points[0], rgba, points_world_m=(tuple(points_world[0]),)))

@@ -86,7 +86,16 @@ class EncodedVideoTrack(MediaStreamTrack):
         if self._origin_100ns is None:
             self._origin_100ns = timestamp_100ns
         pts = (timestamp_100ns - self._origin_100ns) * 9 // 1000
-        if pts <= self._last_pts:  # clock went backwards or repeated: keep RTP monotonic
+        if pts < self._last_pts - VIDEO_CLOCK_RATE:
+            # The headset's clock restarted (a reboot): continue our clock from
+            # here, a frame after the last, and resume at a keyframe.
+            self._origin_100ns = timestamp_100ns - (self._last_pts + 3000) * 1000 // 9
+            pts = self._last_pts + 3000
+            if not keyframe:
+                self.frames_dropped += 1
+                self._waiting_for_keyframe = True
+                return False
+        elif pts <= self._last_pts:  # repeated or jittered back a little: keep RTP monotonic
             pts = self._last_pts + 1
         frame = SentFrame(pts, received_s if received_s is not None else time.perf_counter(), info)
         try:

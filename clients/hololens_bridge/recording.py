@@ -109,7 +109,8 @@ class RecordingSource:
                     vertices.append(mesh.vertices_world_m)
                     triangles.append(mesh.triangles + offset)
                     offset += len(mesh.vertices_world_m)
-                write_ply(self.directory / MAP, np.vstack(vertices), np.vstack(triangles))
+                await asyncio.get_running_loop().run_in_executor(
+                    None, write_ply, self.directory / MAP, np.vstack(vertices), np.vstack(triangles))
             yield update
 
 
@@ -129,6 +130,14 @@ class ReplaySource:
         size = (self.directory / VIDEO).stat().st_size
         if total != size:
             raise RecordingError(f"{FRAMES} accounts for {total} bytes but {VIDEO} has {size}")
+        if (self.directory / AUDIO).is_file():
+            try:
+                with wave.open(str(self.directory / AUDIO), "rb") as f:
+                    layout = (f.getframerate(), f.getnchannels(), f.getsampwidth())
+            except (wave.Error, EOFError) as error:
+                raise RecordingError(f"{AUDIO}: {error}") from None
+            if layout != (wire.MIC_SAMPLE_RATE, 2, 2):
+                raise RecordingError(f"{AUDIO} must be 48 kHz 16-bit stereo, not {layout}")
 
     def _read_index(self) -> list[dict]:
         frames = []
@@ -151,7 +160,8 @@ class ReplaySource:
         return frames
 
     async def video(self) -> AsyncIterator[wire.PvFrame]:
-        data = (self.directory / VIDEO).read_bytes()
+        loop = asyncio.get_running_loop()
+        data = await loop.run_in_executor(None, (self.directory / VIDEO).read_bytes)
         first = self.frames[0]["timestamp_100ns"]
         span = self.frames[-1]["timestamp_100ns"] - first
         interval = span // max(1, len(self.frames) - 1) if len(self.frames) > 1 else 333_333

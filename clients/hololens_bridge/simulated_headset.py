@@ -383,6 +383,8 @@ class SimulatedHeadset:
             command = await wire.read_command(reader)
             self.stats.unity_messages += 1
             self.commands.append(wire.describe(command))
+            if len(self.commands) > 200_000:  # a demo runs for days: keep the recent half
+                del self.commands[:100_000]
             result, use_last, last_key = self._apply(command, use_last, last_key)
             writer.write(struct.pack("<I", result))
             await writer.drain()
