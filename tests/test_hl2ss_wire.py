@@ -143,3 +143,19 @@ def test_shared_images_face_the_wearer_and_arrows_get_their_head():
         assert min(np.linalg.norm(e - tip) for e in ends) < 1e-5
         assert 2 * barb.scale[1] == pytest.approx(ARROW_BARB_M, abs=1e-5)
         assert abs(axis[1]) < 1e-6  # in the surface's tangent plane (the normal is +Y)
+
+
+async def test_an_idr_without_parameter_sets_gets_the_last_ones_seen():
+    from clients.hololens_bridge.media import EncodedVideoTrack, nal_units
+    sps, pps = b"\x00\x00\x00\x01\x67\x42\xc0\x1e", b"\x00\x00\x00\x01\x68\xce\x3c\x80"
+    idr, p_slice = b"\x00\x00\x00\x01\x65\x88\x84\x00", b"\x00\x00\x00\x01\x41\x9a\x02"
+    assert [k for k, _ in nal_units(sps + pps + idr)] == [7, 8, 5]
+    track = EncodedVideoTrack()
+    assert not track.push(p_slice, 0)  # nothing before the first keyframe
+    assert track.push(sps + pps + idr, 333_333)
+    assert track.push(p_slice, 666_666)
+    assert track.push(idr, 999_999)  # the encoder sent its parameter sets only once
+    sent = [bytes(await track.recv()) for _ in range(3)]
+    assert sent[0] == sps + pps + idr and sent[1] == p_slice
+    assert sent[2] == sps + pps + idr
+    track.stop()

@@ -24,17 +24,28 @@ VIDEO_CLOCK_RATE = 90000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 
 
+def nal_units(annex_b: bytes) -> list[tuple[int, bytes]]:
+    """(nal_unit_type, the NAL unit with a 4-byte start code) of an Annex B access unit."""
+    starts = []
+    i, n = 0, len(annex_b)
+    while (i := annex_b.find(b"\x00\x00\x01", i, n)) >= 0 and i + 3 < n:
+        starts.append(i + 3)
+        i += 3
+    units = []
+    for k, start in enumerate(starts):
+        end = starts[k + 1] - 3 if k + 1 < len(starts) else n
+        while end > start and annex_b[end - 1] == 0:  # a 4-byte start code's leading zero
+            end -= 1
+        units.append((annex_b[start] & 0x1F, b"\x00\x00\x00\x01" + annex_b[start:end]))
+    return units
+
+
 def is_h264_keyframe(annex_b: bytes) -> bool:
     """True if an Annex B access unit holds an IDR slice (NAL type 5)."""
-    data = memoryview(annex_b)
-    i, n = 0, len(data)
-    while True:
-        i = annex_b.find(b"\x00\x00\x01", i, n)
-        if i < 0 or i + 3 >= n:
-            return False
-        if data[i + 3] & 0x1F == 5:
-            return True
-        i += 3
+    return any(kind == 5 for kind, _ in nal_units(annex_b))
+
+
+NAL_IDR, NAL_SPS, NAL_PPS = 5, 7, 8
 
 
 @dataclass
@@ -61,6 +72,7 @@ class EncodedVideoTrack(MediaStreamTrack):
         super().__init__()
         self._queue: asyncio.Queue[tuple[bytes, int, SentFrame]] = asyncio.Queue(max_queued)
         self._waiting_for_keyframe = True
+        self._parameter_sets = b""
         self._origin_100ns: int | None = None
         self._last_pts = -1
         self.frames_pushed = 0
@@ -79,7 +91,15 @@ class EncodedVideoTrack(MediaStreamTrack):
         to the first frame, on the 90 kHz video clock."""
         if self.readyState != "live":
             return False
-        keyframe = is_h264_keyframe(annex_b)
+        units = nal_units(annex_b)
+        kinds = {kind for kind, _ in units}
+        keyframe = NAL_IDR in kinds
+        if NAL_SPS in kinds and NAL_PPS in kinds:
+            self._parameter_sets = b"".join(u for kind, u in units if kind in (NAL_SPS, NAL_PPS))
+        elif keyframe and self._parameter_sets:
+            # An encoder that sends SPS/PPS only once: a subscriber that joins
+            # later (or one resuming after a drop) needs them with every IDR.
+            annex_b = self._parameter_sets + annex_b
         if self._waiting_for_keyframe and not keyframe:
             self.frames_dropped += 1
             return False
