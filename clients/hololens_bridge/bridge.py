@@ -290,16 +290,22 @@ class Bridge:
         finally:
             await cancel_all([sender])
 
+    async def _connected_after(self, changed: asyncio.Event) -> GoldenHourClient:
+        """Wait for `changed`, then return the server client if it is connected
+        (changes while disconnected wait for the next session, which redoes all)."""
+        while True:
+            await changed.wait()
+            changed.clear()
+            client = self.client
+            if client is not None and self.connected.is_set():
+                return client
+
     async def _send_map(self) -> None:
         """Send each changed surface as map blocks, and remove blocks no longer there.
         An interrupted upload is retried; a block the server refuses is logged and skipped."""
         sent_versions: dict[str, int] = {}
         while True:
-            await self._map_changed.wait()
-            self._map_changed.clear()
-            client = self.client
-            if client is None or not self.connected.is_set():
-                continue
+            client = await self._connected_after(self._map_changed)
             if not self._blocks_of:
                 sent_versions.clear()  # a new session: everything again
                 self.map_triangles_stored.clear()
@@ -351,11 +357,7 @@ class Bridge:
         self.holograms.on_reset = self._annotations_changed.set
         self._annotations_changed.set()
         while True:
-            await self._annotations_changed.wait()
-            self._annotations_changed.clear()
-            client = self.client
-            if client is None or not self.connected.is_set():
-                continue
+            client = await self._connected_after(self._annotations_changed)
             # Only what was drawn in this headset's world: another ambulance in the
             # room has a world frame of its own. Earlier sessions of this bridge
             # (before a reconnect) share this headset's frame.
