@@ -52,6 +52,8 @@ class Producer:
         self.keyframe_requests_sent = 0
         #: Event-loop time of the last keyframe request sent upstream.
         self.last_keyframe_request_at = -1e9
+        #: Event-loop times of the recent requests sent upstream (tests, stats).
+        self.keyframe_request_times: deque[float] = deque(maxlen=64)
         #: (seconds from packet arrival to its last consumer send), recent packets.
         self.forwarding_delays_s: deque[float] = deque(maxlen=20000)
         self._receiver = receiver
@@ -132,6 +134,7 @@ class Producer:
             # keyframe anyway; retry keeps asking until they do.
             return
         self.last_keyframe_request_at = self._loop.time()
+        self.keyframe_request_times.append(self.last_keyframe_request_at)
         self.keyframe_requests_sent += 1
         task = self._loop.create_task(
             aiortc_seams.request_keyframe(self._receiver, self.media_ssrc))
