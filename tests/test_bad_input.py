@@ -225,9 +225,14 @@ async def test_a_pose_flood_is_cut_to_the_rate_limit(world: World):
     await expert.wait_until(lambda: any(m.get("frame_id", -1) >= frame_after_flood
                                         for m in expert.data_messages[-5:]), 30)
     relayed = [m for m in expert.data_messages if "frame_id" not in m]
-    # The burst allowance passes, then the sustained rate while the flood
-    # drains through SCTP (a few seconds here): far from all of it.
-    assert 2 * POSES_PER_S - 10 <= len(relayed) <= 0.6 * len(flood)
+    # The burst allowance passes, then no more than the sustained rate while the
+    # flood drains through SCTP, however long that takes on a busy machine.
+    room = world.server.app.state.registry.get("bay-flood")
+    budget = next(p for p in room.peers if p.role == "crew").pose_budget
+    allowed = budget.burst + budget.rate * (budget.last_asked_at - budget.first_asked_at) + 1
+    assert budget.refused > 0 and budget.taken <= allowed
+    assert 2 * POSES_PER_S - 10 <= len(relayed) <= budget.taken
+    assert len(relayed) < len(flood)
 
 
 async def test_a_client_that_never_answers_its_offer_is_told_and_disconnected():

@@ -50,15 +50,31 @@ class _TokenBucket:
         self._tokens = burst
         self._stamp = time.monotonic()
         self._refused = False
+        #: What it let through and what it refused, and when it was first and last asked.
+        self.taken = self.refused = 0
+        self.first_asked_at = self.last_asked_at = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self._rate
+
+    @property
+    def burst(self) -> float:
+        return self._burst
 
     def take(self) -> bool:
         now = time.monotonic()
+        if not self.taken + self.refused:
+            self.first_asked_at = now
+        self.last_asked_at = now
         self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
         self._stamp = now
         if self._tokens >= 1:
             self._tokens -= 1
             self._refused = False
+            self.taken += 1
             return True
+        self.refused += 1
         return False
 
     def first_refusal(self) -> bool:
@@ -164,6 +180,8 @@ class Peer:
         self._renegotiate = False
         self._negotiation_lock = asyncio.Lock()
         self._pose_budget = _TokenBucket(POSES_PER_S, 2 * POSES_PER_S)
+        #: The crew's pose rate limit, for stats and tests.
+        self.pose_budget = self._pose_budget
         self._remote_candidates: dict[str, int] = {}
         self._closed = False
 
