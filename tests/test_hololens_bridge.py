@@ -4,6 +4,7 @@ one, inside the synthetic ambulance), a real server and real aiortc peers."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import numpy as np
 import pytest
@@ -429,3 +430,22 @@ async def test_a_headset_sending_garbage_is_named_in_the_log_and_the_rest_carrie
         await bridge.stop()
         broken.close()
         await headset.stop()
+
+
+def test_the_keyboard_hook_reads_only_a_stdin_the_loop_can_poll(monkeypatch, tmp_path):
+    """As a service (stdin /dev/null or a file) the bridge must not ask the event
+    loop to watch stdin: epoll refuses those, and asyncio logs that as an error."""
+    from clients.hololens_bridge import run
+
+    regular = tmp_path / "stdin.txt"
+    regular.write_text("g\n")
+    for path in ("/dev/null", regular):
+        with open(path) as stdin:
+            monkeypatch.setattr("sys.stdin", stdin)
+            assert not run._stdin_can_be_watched(), path
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end) as stdin, os.fdopen(write_end, "w"):
+        monkeypatch.setattr("sys.stdin", stdin)
+        assert run._stdin_can_be_watched()
+    monkeypatch.setattr("sys.stdin", None)
+    assert not run._stdin_can_be_watched()

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import ssl
+import stat
 import sys
 from pathlib import Path
 
@@ -104,7 +106,7 @@ async def _main(args: argparse.Namespace, context: ssl.SSLContext | None) -> Non
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, lambda: tasks.append(
         asyncio.create_task(_request_guidance(bridge, "hook on the headset"))))
-    if sys.stdin is not None and not sys.stdin.closed:
+    if _stdin_can_be_watched():
         tasks.append(asyncio.create_task(_keyboard(bridge)))
     log.info("bridge running", extra={"room": args.room, "url": args.url})
     if sys.stdin is not None and sys.stdin.isatty():
@@ -125,6 +127,20 @@ async def _request_guidance(bridge: Bridge, reason: str) -> None:
         print("  Guidance requested: the experts' lobby is alerting.", file=sys.stderr)
     except Exception as error:  # noqa: BLE001 - say it, keep running
         print(f"  Could not request guidance: {error}", file=sys.stderr)
+
+
+def _stdin_can_be_watched() -> bool:
+    """A terminal, a pipe or a socket. Not a regular file or /dev/null (a service's
+    stdin): the event loop cannot poll those, and asyncio reports the failure
+    from a callback as an error instead of raising it here."""
+    if sys.stdin is None or sys.stdin.closed:
+        return False
+    try:
+        fd = sys.stdin.fileno()
+        mode = os.fstat(fd).st_mode
+    except (OSError, ValueError):
+        return False
+    return os.isatty(fd) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 async def _keyboard(bridge: Bridge) -> None:
