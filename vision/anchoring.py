@@ -67,12 +67,22 @@ class NoiseModel:
     #: the viewing range (maps built from depth frames).
     map_sigma_m: float = 0.0005
     map_sigma_relative: float = 0.0
+    #: Where the translation error is measured, in the world; None for the camera
+    #: centre (a tracker's pose). A pose registered against the map
+    #: (`vision.refine`) is known best where its depth met the map: there the
+    #: rotation error moves a point by its distance from this pivot, not by its
+    #: range, and is largely uncorrelated with the translation error.
+    pose_pivot_world_m: tuple[float, float, float] | None = None
 
-    def point_sigma_m(self, range_m: np.ndarray, cos_incidence: np.ndarray) -> np.ndarray:
+    def point_sigma_m(
+        self, range_m: np.ndarray, cos_incidence: np.ndarray, lever_m: np.ndarray | None = None
+    ) -> np.ndarray:
         """Per-axis sigma of an anchored point hit at `range_m` with |cos| of the
-        angle between ray and surface normal `cos_incidence`."""
+        angle between ray and surface normal `cos_incidence`; `lever_m` is its
+        distance from the pose's pivot (the range when the pivot is the camera)."""
         cos = np.clip(cos_incidence, 0.25, 1.0)  # beyond ~75° the linear model breaks down
-        lateral = np.hypot(self.pose_translation_sigma_m, range_m * math.radians(self.pose_rotation_sigma_deg))
+        lever = range_m if lever_m is None else lever_m
+        lateral = np.hypot(self.pose_translation_sigma_m, lever * math.radians(self.pose_rotation_sigma_deg))
         surface = self.map_sigma_m + self.map_sigma_relative * range_m
         # A ray moved sideways by `lateral` slides along a tilted surface by
         # lateral / cos; a surface displaced along its normal moves the hit
@@ -367,7 +377,10 @@ def _sigma(
     range_m = np.linalg.norm(to_point, axis=1)
     dirs = to_point / np.maximum(range_m, 1e-9)[:, None]
     cos_incidence = np.abs(np.einsum("ij,ij->i", dirs, normals))
-    sigma = noise.point_sigma_m(range_m, cos_incidence)
+    lever_m = None
+    if noise.pose_pivot_world_m is not None:
+        lever_m = np.linalg.norm(points - np.asarray(noise.pose_pivot_world_m), axis=1)
+    sigma = noise.point_sigma_m(range_m, cos_incidence, lever_m)
     plane = how == Anchoring.PLANE
     # Off the map the surface is a guess: its fit residual plus 1 cm for the
     # surface not continuing the plane.
