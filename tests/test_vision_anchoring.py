@@ -8,6 +8,7 @@ import pytest
 from vision import measure
 from vision.anchoring import Anchoring, NoiseModel, Shape, anchor_shape
 from vision.camera import Intrinsics, look_at, norm_from_px, project
+from vision.refine import refine_pose
 from vision.reprojection import reproject
 from vision.spatial_map import SpatialMap, TsdfMapper
 from vision.synthetic import (
@@ -151,6 +152,17 @@ POSE_SIGMA_AXIS_M = 0.002 / np.sqrt(3)
 POSE_SIGMA_AXIS_DEG = 0.2 / np.sqrt(3)
 #: A paramedic leaning over the patient: the head 0.4 to 0.9 m from what it looks at.
 LEANING_M = (0.4, 0.9)
+#: A depth-only device's depth camera: a quarter of the colour camera's
+#: resolution, with the same optical centre.
+DEPTH_CAMERA = Intrinsics(
+    320, 180, CAMERA.fx / 4, CAMERA.fy / 4, (CAMERA.cx + 0.5) / 4 - 0.5, (CAMERA.cy + 0.5) / 4 - 0.5)
+#: What the anchoring assumes about the tracker's pose and the TSDF map.
+TRACKER_AND_TSDF_NOISE = NoiseModel(
+    pose_translation_sigma_m=POSE_SIGMA_AXIS_M,
+    pose_rotation_sigma_deg=POSE_SIGMA_AXIS_DEG,
+    map_sigma_m=0.001,
+    map_sigma_relative=0.002,
+)
 
 
 @pytest.fixture(scope="module")
@@ -158,41 +170,67 @@ def tsdf_map(scene):
     """A map integrated from depth with 1% noise at noisy poses, as a depth-only
     device builds it while the paramedic looks around the patient (130 frames)."""
     rng = np.random.default_rng(31)
-    depth_camera = Intrinsics(320, 180, CAMERA.fx / 4, CAMERA.fy / 4, (CAMERA.cx + 0.5) / 4 - 0.5, (CAMERA.cy + 0.5) / 4 - 0.5)
     names = sorted(scene.landmarks_world_m)
     views = [v for i, n in enumerate(names) for v in random_views(scene, 5, seed=500 + i, target=n, distance_range_m=LEANING_M)]
     views += random_views(scene, 40, seed=31, distance_range_m=LEANING_M)
     mapper = TsdfMapper(voxel_length_m=0.004, max_depth_m=1.5)
     for view in views:
-        depth_m = render(scene, view.T_world_camera, depth_camera).depth_m
+        depth_m = render(scene, view.T_world_camera, DEPTH_CAMERA).depth_m
         T_known = perturb_pose(view.T_world_camera, POSE_SIGMA_AXIS_M, POSE_SIGMA_AXIS_DEG, rng)
-        mapper.integrate(noisy_depth(depth_m, 0.01, rng), T_known, depth_camera)
+        mapper.integrate(noisy_depth(depth_m, 0.01, rng), T_known, DEPTH_CAMERA)
     spatial_map = SpatialMap()
     spatial_map.replace(*mapper.extract_mesh())
     return spatial_map.snapshot()
 
 
-def test_noisy_pose_and_tsdf_map_keep_p95_error_small_and_uncertainty_covers_it(scene, tsdf_map):
-    rng = np.random.default_rng(32)
-    noise = NoiseModel(
-        pose_translation_sigma_m=POSE_SIGMA_AXIS_M,
-        pose_rotation_sigma_deg=POSE_SIGMA_AXIS_DEG,
-        map_sigma_m=0.001,
-        map_sigma_relative=0.002,
-    )
-    errors_m, covered = [], []
+@pytest.fixture(scope="module")
+def noisy_frames(scene):
+    """[(landmark, true pose, the tracker's pose, the frame's depth)]: 8 views of each
+    landmark, each with the tracker's pose noise and the depth camera's 1% noise."""
+    pose_rng, depth_rng = np.random.default_rng(32), np.random.default_rng(33)
+    frames = []
     for i, name in enumerate(sorted(scene.landmarks_world_m)):
         for view in random_views(scene, 8, seed=100 + i, target=name, distance_range_m=LEANING_M):
-            T_known = perturb_pose(view.T_world_camera, POSE_SIGMA_AXIS_M, POSE_SIGMA_AXIS_DEG, rng)
-            anchored = anchor_landmark(scene, tsdf_map, view.T_world_camera, T_known, name, noise)
-            error = float(np.linalg.norm(anchored.points_world_m[0] - scene.landmarks_world_m[name]))
-            errors_m.append(error)
-            covered.append(error <= anchored.radius95_m[0])
-    assert len(errors_m) == 8 * len(scene.landmarks_world_m)
+            T_true = view.T_world_camera
+            T_known = perturb_pose(T_true, POSE_SIGMA_AXIS_M, POSE_SIGMA_AXIS_DEG, pose_rng)
+            depth_m = render(scene, T_true, DEPTH_CAMERA, color=False).depth_m
+            frames.append((name, T_true, T_known, noisy_depth(depth_m, 0.01, depth_rng)))
+    assert len(frames) == 8 * len(scene.landmarks_world_m)
+    return frames
+
+
+def test_noisy_pose_and_tsdf_map_keep_p95_error_small_and_uncertainty_covers_it(scene, tsdf_map, noisy_frames):
+    errors_m, covered = [], []
+    for name, T_true, T_known, _ in noisy_frames:
+        anchored = anchor_landmark(scene, tsdf_map, T_true, T_known, name, TRACKER_AND_TSDF_NOISE)
+        error = float(np.linalg.norm(anchored.points_world_m[0] - scene.landmarks_world_m[name]))
+        errors_m.append(error)
+        covered.append(error <= anchored.radius95_m[0])
     assert np.median(errors_m) <= 0.005
-    # The issue's goal is p95 <= 8 mm; this scene measures 8.3-9.3 mm, because
+    # With the tracker's pose as it comes, this scene measures p95 8.3-9.3 mm:
     # the pose error alone gives 7.2 mm p95 at these distances and incidences
-    # (map error alone: 4.7 mm). The bound guards against regressions (a broken
-    # anchoring is centimetres off); the issue note carries the measured figure.
+    # (map error alone: 4.7 mm). The issue's 8 mm needs the pose refined against
+    # the map (next test); this bound guards the unrefined path against
+    # regressions (a broken anchoring is centimetres off).
     assert np.percentile(errors_m, 95) <= 0.012
+    assert np.mean(covered) >= 0.90
+
+
+def test_pose_refined_against_the_tsdf_map_brings_p95_error_within_8_mm_and_uncertainty_covers_it(
+    scene, tsdf_map, noisy_frames
+):
+    errors_m, covered, refined = [], [], []
+    for name, T_true, T_known, depth_m in noisy_frames:
+        refinement = refine_pose(T_known, depth_m, DEPTH_CAMERA, tsdf_map, noise=TRACKER_AND_TSDF_NOISE)
+        refined.append(refinement.refined)
+        # The depth camera's correction, applied to the colour camera it is
+        # fixed to (here they share the optical centre).
+        T_colour = refinement.apply(T_known)
+        anchored = anchor_landmark(scene, tsdf_map, T_true, T_colour, name, refinement.noise)
+        error = float(np.linalg.norm(anchored.points_world_m[0] - scene.landmarks_world_m[name]))
+        errors_m.append(error)
+        covered.append(error <= anchored.radius95_m[0])
+    assert np.mean(refined) >= 0.9
+    assert np.median(errors_m) <= 0.005
+    assert np.percentile(errors_m, 95) <= 0.008
     assert np.mean(covered) >= 0.90
