@@ -36,6 +36,7 @@ export class Telestration {
   #undo = []; // own annotation messages, newest last
   #redo = [];
   #laserSentMs = 0;
+  #drawnKey = null; // what the overlay showed when last drawn (see #drawForFrame)
 
   /**
    * api: {video, request(message) -> Promise<reply>, send(message),
@@ -288,6 +289,7 @@ export class Telestration {
     this.annotations.set(reply.annotation_id, reply);
     this.#undo.push({ annotation_id: reply.annotation_id, request: null });
     this.#api.onChange();
+    this.#draw();
   }
 
   #sendLaser(point, frame) {
@@ -302,7 +304,7 @@ export class Telestration {
   #scheduleFrame() {
     const video = this.#api.video;
     if (!video.requestVideoFrameCallback) {
-      setInterval(() => this.#draw(), 33);
+      setInterval(() => this.#drawForFrame(), 33);
       return;
     }
     const onFrame = (_now, metadata) => {
@@ -314,11 +316,46 @@ export class Telestration {
           const pose = this.#api.poseFor(rtpPublisher);
           this.#lastFrame = { rtpPublisher: pose?.rtp_timestamp ?? rtpPublisher, pose };
         }
-        this.#draw();
+        this.#drawForFrame();
       }
       video.requestVideoFrameCallback(onFrame);
     };
     video.requestVideoFrameCallback(onFrame);
+  }
+
+  /**
+   * What the overlay's pixels depend on from frame to frame. Everything else that
+   * changes them (messages, pointer input, submit) redraws explicitly. Null while
+   * something animates on its own: a laser dot fading, a draft, a shared picture
+   * still decoding.
+   */
+  #frameKey() {
+    if (this.lasers.size || this.#draft) return null;
+    for (const id of decodedImages.keys()) {
+      if (this.annotations.has(id) && !decodedImages.get(id).complete) return null;
+    }
+    const video = this.#api.video;
+    const pose = (this.#frozen ?? this.#lastFrame)?.pose;
+    return JSON.stringify([video.clientWidth, video.clientHeight, video.videoWidth, video.videoHeight,
+                           this.#frozen?.rtpPublisher ?? null,
+                           pose ? [pose.T_world_camera, pose.intrinsics] : null]);
+  }
+
+  /**
+   * Per displayed frame: redraw only if the overlay would change. A camera held
+   * still (the paramedic kneeling, the expert drawing) then leaves the canvas
+   * untouched, so the compositor has no new overlay to upload and blend: without a
+   * GPU, compositing is the page's largest CPU cost (bench/annotation_roundtrip.py).
+   */
+  #drawForFrame() {
+    const key = this.#frameKey();
+    if (key === null || key !== this.#drawnKey) {
+      this.#draw();
+      return;
+    }
+    const frame = this.#frozen ?? this.#lastFrame;
+    this.lastProjection = { ...this.lastProjection, rtpTimestamp: frame?.rtpPublisher ?? null,
+                            poseFrameId: frame?.pose?.frame_id ?? null, pose: frame?.pose ?? null };
   }
 
   #draw() {
@@ -356,6 +393,7 @@ export class Telestration {
     this.lastProjection = { rtpTimestamp: frame?.rtpPublisher ?? null,
                             poseFrameId: pose?.frame_id ?? null, pose: pose ?? null, shapes };
     if (this.#draft && this.#draft.points) drawDraft(ctx, this.#draft, rect);
+    this.#drawnKey = this.#frameKey();
   }
 }
 
