@@ -191,7 +191,8 @@ def refine_pose(
     # its range-independent part floors the translation, and tilts the pose by
     # as much over the lever arm. Measured on the TSDF map of
     # tests/test_vision_anchoring.py, the statistical part is ~0.3 mm and the
-    # pose's real error at the pivot ~1.1 mm per axis, against a 1 mm floor.
+    # pose's real error at the pivot 1.1-1.3 mm per axis, against a 1 mm floor
+    # (docs/geometry.md, "Pose refinement").
     floor_m = noise.map_sigma_m
     sigma_t = math.hypot(stat_t, floor_m)
     sigma_r_deg = math.degrees(math.hypot(stat_r, floor_m / lever_m))
@@ -224,8 +225,9 @@ def _sample_depth(depth: np.ndarray, intrinsics: Intrinsics, settings: RefineSet
 
     A depth sensor's noise grows with depth (1% of it here), and open3d's ICP
     weighs every point alike: sampled uniformly, the far background (1.5 m and
-    more, σ 15 mm and more) pulled the pose off, and refining made one frame in
-    seven worse (p95 anchoring error 6.6 mm against 4.4 mm sampled this way).
+    more, σ 15 mm and more) pulled the pose off, leaving one anchored point in
+    seven more than 1 mm worse than unrefined (p95 6.6 mm against 4.4 mm
+    sampled this way, in tests/test_vision_anchoring.py).
     Sampling in proportion to each point's information, 1/σ², gives the
     weighted fit with an unweighted solver. Systematic sampling along the
     cumulative weight keeps it deterministic and spread over the image.
