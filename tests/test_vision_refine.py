@@ -12,7 +12,7 @@ from vision.anchoring import EXACT_MAP
 from vision.camera import Intrinsics, camera_rays, invert_pose, look_at, norm_from_px
 from vision.refine import refine_pose
 from vision.spatial_map import SpatialMap
-from vision.synthetic import HOLOLENS_PV_1280x720, ambulance_scene, noisy_depth, render
+from vision.synthetic import ambulance_scene, noisy_depth, render
 from vision.synthetic.noise import rotation_from_axis_angle
 
 #: A depth camera at a quarter of the colour camera's resolution, same optical centre.
@@ -124,19 +124,20 @@ def test_the_correction_carries_over_to_a_rigidly_attached_colour_camera(exact_m
 @pytest.mark.parametrize(
     "change, field",
     [
-        (dict(depth_m=np.zeros((90, 160), dtype=np.float32)), "depth_m"),
-        (dict(depth_m=np.full((180, 320), np.nan, dtype=np.float32)), "depth_m"),
-        (dict(depth_m=np.full((180, 320), -1.0, dtype=np.float32)), "depth_m"),
-        (dict(depth_m="deep"), "depth_m"),
-        (dict(T_world_camera=np.diag([2.0, 2.0, 2.0, 1.0])), "T_world_camera"),
-        (dict(T_world_camera=np.eye(3)), "T_world_camera"),
-        (dict(depth_intrinsics=np.eye(3)), "depth_intrinsics"),
-        (dict(snapshot=object()), "snapshot"),
+        ({"depth_m": np.zeros((90, 160), dtype=np.float32)}, "depth_m"),
+        ({"depth_m": np.full((180, 320), np.nan, dtype=np.float32)}, "depth_m"),
+        ({"depth_m": np.full((180, 320), -1.0, dtype=np.float32)}, "depth_m"),
+        ({"depth_m": "deep"}, "depth_m"),
+        ({"T_world_camera": np.diag([2.0, 2.0, 2.0, 1.0])}, "T_world_camera"),
+        ({"T_world_camera": np.eye(3)}, "T_world_camera"),
+        ({"depth_intrinsics": np.eye(3)}, "depth_intrinsics"),
+        ({"snapshot": object()}, "snapshot"),
     ],
 )
 def test_bad_input_raises_naming_the_field(exact_map, over_the_chest, change, field):
     T_true, depth_m = over_the_chest
-    args = dict(T_world_camera=T_true, depth_m=depth_m, depth_intrinsics=DEPTH_CAMERA, snapshot=exact_map)
+    args = {"T_world_camera": T_true, "depth_m": depth_m, "depth_intrinsics": DEPTH_CAMERA,
+            "snapshot": exact_map}
     args.update(change)
     with pytest.raises(ValueError, match=field):
         refine_pose(args["T_world_camera"], args["depth_m"], args["depth_intrinsics"], args["snapshot"])

@@ -30,6 +30,7 @@ from vision.camera import Intrinsics, camera_rays, check_pose, invert_pose, norm
 from vision.spatial_map import MapSnapshot
 
 _REG = o3d.pipelines.registration
+_DEFAULT_NOISE = NoiseModel()
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def refine_pose(
     depth_intrinsics: Intrinsics,
     snapshot: MapSnapshot,
     *,
-    noise: NoiseModel = NoiseModel(),
+    noise: NoiseModel = _DEFAULT_NOISE,
     settings: RefineSettings = RefineSettings(),
 ) -> PoseRefinement:
     """Refine the pose of a depth frame by registering it against the map.
@@ -122,8 +123,8 @@ def refine_pose(
     depth = _check_depth(depth_m, depth_intrinsics)
 
     def refused(reason: str, **found: float) -> PoseRefinement:
-        values = dict(correction_m=0.0, correction_deg=0.0, fitness=0.0, inlier_rmse_m=math.nan,
-                      correspondences=0)
+        values = {"correction_m": 0.0, "correction_deg": 0.0, "fitness": 0.0,
+                  "inlier_rmse_m": math.nan, "correspondences": 0}
         values.update(found)
         return PoseRefinement(
             T_input, False, reason, np.eye(4), pivot_world_m=np.full(3, math.nan), translation_sigma_m=math.nan,
@@ -159,11 +160,13 @@ def refine_pose(
 
     correction = T @ invert_pose(T_input)
     pairs = np.asarray(result.correspondence_set)
-    found = dict(
-        correction_m=float(np.linalg.norm(T[:3, 3] - T_input[:3, 3])),
-        correction_deg=math.degrees(_angle(correction[:3, :3])),
-        fitness=float(result.fitness), inlier_rmse_m=float(result.inlier_rmse),
-        correspondences=int(len(pairs)))
+    found = {
+        "correction_m": float(np.linalg.norm(T[:3, 3] - T_input[:3, 3])),
+        "correction_deg": math.degrees(_angle(correction[:3, :3])),
+        "fitness": float(result.fitness),
+        "inlier_rmse_m": float(result.inlier_rmse),
+        "correspondences": len(pairs),
+    }
     if result.fitness < settings.min_fitness or len(pairs) < settings.min_points:
         return refused(f"only {result.fitness:.0%} of the depth frame ({len(pairs)} points) matches "
                        f"the map; at least {settings.min_fitness:.0%} must", **found)
