@@ -185,3 +185,30 @@ async def test_laser_pointer_is_anchored_relayed_and_never_stored(world: World):
     assert room.annotations.service.annotations == []
     late = await world.expert("Dr Late", room="ann-6")
     assert late.annotations == {}
+
+
+async def test_visibility_is_sent_when_it_changes_and_to_each_newcomer(world: World):
+    from vision.camera import look_at
+
+    crew = await scene_crew(world, "ann-vis")
+    expert = await world.expert("Dr Still", room="ann-vis")
+    told: list[dict] = []
+    expert.on_message = lambda m: told.append(m) if m.get("type") == "annotation_visibility" else None
+    producer_id, rtp, T = await latest_frame(crew, expert)
+    shoulder = crew.scene.landmarks_world_m["left_shoulder"]
+    point = await expert.request({"type": "annotate", "producer_id": producer_id, "rtp_timestamp": rtp,
+                                  "kind": "point", "points": [uv_of(shoulder, T, crew.camera.intrinsics)]})
+    await expert.wait_until(lambda: any(point["annotation_id"] in m["occluded"] for m in told), 10)
+    # The camera holds still: the server keeps checking, and says nothing new.
+    room = world.server.app.state.registry.get("ann-vis").annotations
+    sent, checks = len(told), room.visibility_checks
+    await expert.wait_until(lambda: room.visibility_checks >= checks + 3, 10)
+    assert len(told) == sent
+    # A newcomer hears the latest straight away, without waiting for a change.
+    late = await world.expert("Dr Late", room="ann-vis")
+    await late.wait_until(lambda: late.last_visibility is not None, 10)
+    assert late.last_visibility["occluded"] == told[-1]["occluded"]
+    # The paramedic moves round the patient: the shoulder hides, and everyone is told.
+    crew.camera.set_pose(look_at(shoulder + np.array([0.0, 0.02, -0.9]), shoulder))
+    await expert.wait_until(lambda: told[-1]["occluded"].get(point["annotation_id"]) == [[0, 1]], 20)
+    assert len(told) > sent

@@ -95,6 +95,11 @@ class RoomAnnotations:
         self._frozen: dict[str, m.CameraPose] = {}
         self._visibility_at: dict[str, float] = {}
         self._visibility_busy: set[str] = set()
+        #: The last visibility told to the room, per producer: sent again only when
+        #: it changes, and to each newcomer.
+        self._visibility_told: dict[str, m.AnnotationVisibility] = {}
+        #: Visibility computations finished (sent or not): for tests and stats.
+        self.visibility_checks = 0
         self._tasks: set[asyncio.Task] = set()
 
     def close(self) -> None:
@@ -141,8 +146,16 @@ class RoomAnnotations:
                 return out
 
             occluded = await asyncio.get_running_loop().run_in_executor(self.service.executor, work)
-            self._broadcast(m.AnnotationVisibility(producer_id=producer_id, rtp_timestamp=pose.rtp_timestamp,
-                                                   occluded=occluded))
+            self.visibility_checks += 1
+            told = self._visibility_told.get(producer_id)
+            if told is not None and told.occluded == occluded:
+                # Unchanged (a camera held still, say): every page would only redraw
+                # the same picture, on the busy machine that can least afford it.
+                return
+            message = m.AnnotationVisibility(producer_id=producer_id, rtp_timestamp=pose.rtp_timestamp,
+                                             occluded=occluded)
+            self._visibility_told[producer_id] = message
+            self._broadcast(message)
         finally:
             self._visibility_busy.discard(producer_id)
 
@@ -156,6 +169,12 @@ class RoomAnnotations:
         """A newcomer sees every current annotation."""
         for annotation in self.service.annotations:
             peer.notify(annotation_message(annotation))
+        live = {producer.id for producer in self._room.router.producers}
+        for producer_id in list(self._visibility_told):
+            if producer_id in live:
+                peer.notify(self._visibility_told[producer_id])
+            else:
+                del self._visibility_told[producer_id]  # that crew's camera has gone
 
     def _broadcast(self, message: m._Message) -> None:
         for peer in self._room.peers:
