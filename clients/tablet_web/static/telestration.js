@@ -122,7 +122,9 @@ export class Telestration {
       default:
         return false;
     }
-    this.#api.onChange();
+    // The page's lists show annotations: only their arrival or removal changes them.
+    // Lasers (up to 20 a second) and visibility change only the overlay.
+    if (message.type === "annotation" || message.type === "annotations_removed") this.#api.onChange();
     this.#draw();
     return true;
   }
