@@ -128,3 +128,19 @@ def frame_code(frame: object) -> framecode.FrameCode:
     code = framecode.read(frame.to_ndarray(format="gray"))  # type: ignore[attr-defined]
     assert code is not None, "a decoded frame carries no readable frame code"
     return code
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """The synthetic ambulance with its patient (seed 0), built once per test module."""
+    from vision.synthetic import ambulance_scene
+    return ambulance_scene(0)
+
+
+@pytest.fixture(scope="module")
+def exact_map(scene):
+    """The scene's exact mesh as a spatial map, as a headset's would be."""
+    from vision.spatial_map import SpatialMap
+    spatial_map = SpatialMap()
+    spatial_map.replace(scene.vertices_world_m, scene.triangles)
+    return spatial_map.snapshot()

@@ -9,14 +9,8 @@ from clients.hololens_bridge.scene_camera import default_pose, scaled_intrinsics
 from server.annotations.service import AnnotationRefused, AnnotationService, FramePose
 from vision.camera import look_at, norm_from_px, project
 from vision.spatial_map import split_into_blocks
-from vision.synthetic import ambulance_scene
 
 CAMERA = scaled_intrinsics(640, 360)
-
-
-@pytest.fixture(scope="module")
-def scene():
-    return ambulance_scene(0)
 
 
 @pytest.fixture

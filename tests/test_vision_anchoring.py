@@ -13,27 +13,13 @@ from vision.reprojection import reproject
 from vision.spatial_map import SpatialMap, TsdfMapper
 from vision.synthetic import (
     HOLOLENS_PV_1280x720,
-    ambulance_scene,
     noisy_depth,
-    paramedic_trajectory,
     perturb_pose,
     random_views,
     render,
 )
 
 CAMERA = HOLOLENS_PV_1280x720
-
-
-@pytest.fixture(scope="module")
-def scene():
-    return ambulance_scene(0)
-
-
-@pytest.fixture(scope="module")
-def exact_map(scene):
-    spatial_map = SpatialMap()
-    spatial_map.replace(scene.vertices_world_m, scene.triangles)
-    return spatial_map.snapshot()
 
 
 def strictly_visible(scene, exact_map, T, names):

@@ -12,23 +12,11 @@ from vision.anchoring import EXACT_MAP
 from vision.camera import Intrinsics, camera_rays, invert_pose, look_at, norm_from_px
 from vision.refine import refine_pose
 from vision.spatial_map import SpatialMap
-from vision.synthetic import ambulance_scene, noisy_depth, render
+from vision.synthetic import noisy_depth, render
 from vision.synthetic.noise import rotation_from_axis_angle
 
 #: A depth camera at a quarter of the colour camera's resolution, same optical centre.
 DEPTH_CAMERA = Intrinsics(320, 180, 252.5, 252.5, 159.5, 89.5)
-
-
-@pytest.fixture(scope="module")
-def scene():
-    return ambulance_scene(0)
-
-
-@pytest.fixture(scope="module")
-def exact_map(scene):
-    spatial_map = SpatialMap()
-    spatial_map.replace(scene.vertices_world_m, scene.triangles)
-    return spatial_map.snapshot()
 
 
 @pytest.fixture(scope="module")

@@ -48,11 +48,6 @@ REQUIRED_LANDMARKS = {
 
 
 @pytest.fixture(scope="module")
-def scene():
-    return ambulance_scene(seed=0)
-
-
-@pytest.fixture(scope="module")
 def hololens_view(scene):
     """A full-resolution frame from beside the stretcher, at the patient's left hip."""
     T = look_at((-0.6, 1.45, 0.7), scene.patient_center_world_m)
