@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,7 +35,15 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+#: How long a thread may keep the GIL while another waits for it. With Python's
+#: 5 ms, the event loop (busy forwarding media) kept the anchoring thread waiting
+#: 5 ms at a time: a 40-point stroke's server time was 28 ms p90 and up to 57 ms
+#: on the 2-core bench machine; at 1 ms, 15 ms and 27 ms (bench/annotation_roundtrip.py).
+GIL_SWITCH_INTERVAL_S = 0.001
+
+
 def create_app(config: Config) -> Starlette:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     aiortc_seams.use_loopback_ice(config.ice_loopback or config.ice_loopback_only,
                                   only=config.ice_loopback_only)
     # Models load once, at start; a broken one is logged and skipped.

@@ -212,3 +212,15 @@ async def test_visibility_is_sent_when_it_changes_and_to_each_newcomer(world: Wo
     crew.camera.set_pose(look_at(shoulder + np.array([0.0, 0.02, -0.9]), shoulder))
     await expert.wait_until(lambda: told[-1]["occluded"].get(point["annotation_id"]) == [[0, 1]], 20)
     assert len(told) > sent
+
+
+async def test_the_server_hands_the_gil_over_every_millisecond(world: World):
+    """The anchoring thread waits for the GIL behind the media-forwarding event
+    loop; Python's default 5 ms switch interval made a stroke's anchoring up to
+    five times slower on a busy machine (server.app.GIL_SWITCH_INTERVAL_S)."""
+    import sys
+
+    from server.app import GIL_SWITCH_INTERVAL_S
+
+    assert GIL_SWITCH_INTERVAL_S <= 0.001
+    assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL_S)
