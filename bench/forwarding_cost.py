@@ -76,7 +76,8 @@ async def measure(packets: int, rounds: int) -> dict:
                 return seq[0]
 
             async def goldenhour() -> None:
-                await injector.send(source, next_seq(), 5, aiortc_seams.abs_send_time_now())
+                pending = injector.send(source, next_seq(), 5, aiortc_seams.abs_send_time_now())
+                assert pending is None  # sent at once on the nominated pair
 
             async def aiortc_stock() -> None:
                 packet = RtpPacket(payload_type=injector.payload_type, marker=0,

@@ -51,7 +51,8 @@ class RecordingInjector:
     def detach(self) -> None:
         self.attached = False
 
-    async def send(self, source, sequence_number, timestamp, abs_send_time) -> None:
+    def send(self, source, sequence_number, timestamp, abs_send_time) -> None:
+        # As RtpInjector on an open path: sent at once, nothing to await.
         self.sent.append((sequence_number, timestamp))
         if (sequence_number - self.next_seq) & 0xFFFF < 0x8000:
             self.next_seq = (sequence_number + 1) & 0xFFFF
@@ -72,20 +73,47 @@ def packet(seq: int) -> RtpPacket:
 async def test_forwards_contiguously_across_the_wrap_and_past_32768_packets(consumer):
     first = 60000
     for k in range(100_000):  # wraps at 65536, and runs past 32768 and 65536 packets
-        await consumer.forward(packet(first + k), b"\0\0\0")
+        assert consumer.forward(packet(first + k), b"\0\0\0") is None  # sent at once
     sent = consumer._injector.sent
     assert len(sent) == 100_000
     assert all((b[0] - a[0]) & 0xFFFF == 1 for a, b in zip(sent, sent[1:]))
     assert [ts for _, ts in sent[:3]] == [packet(first + k).timestamp for k in range(3)]
 
 
+async def test_until_the_direct_path_opens_a_send_is_awaited_and_its_failure_restarts_the_consumer():
+    class SlowPathInjector(RecordingInjector):
+        """As RtpInjector before the nominated pair exists: aiortc's path, awaited."""
+        fail = False
+
+        def send(self, source, sequence_number, timestamp, abs_send_time):
+            async def through_aiortc():
+                if self.fail:
+                    raise ConnectionError("transport closed")
+                super(SlowPathInjector, self).send(source, sequence_number, timestamp, abs_send_time)
+            return through_aiortc()
+
+    injector = SlowPathInjector()
+    producer = StubProducer()
+    consumer = Consumer(producer, injector, "subscriber")
+    pending = consumer.forward(packet(7), b"\0\0\0")
+    assert pending is not None and consumer.packets_out == 0
+    await pending
+    assert consumer.packets_out == 1 and len(injector.sent) == 1
+    injector.fail = True
+    requests = producer.keyframe_requests
+    await consumer.forward(packet(8), b"\0\0\0")
+    assert consumer.packets_dropped == 1 and consumer.waiting_for_keyframe
+    assert producer.keyframe_requests == requests + 1
+    consumer.close()
+
+
 async def test_retransmission_repeats_its_sequence_number_and_older_ones_are_dropped(consumer):
     start = 65000
     for k in range(40_000):
-        await consumer.forward(packet(start + k), b"\0\0\0")
+        consumer.forward(packet(start + k), b"\0\0\0")
     sent = consumer._injector.sent
     original = sent[39_990][0]
-    await consumer.forward(packet(start + 39_990), b"\0\0\0")  # a late retransmission
+    consumer.forward(packet(start + 39_990), b"\0\0\0")  # a late retransmission
     assert sent[-1][0] == original
 
 
@@ -93,9 +121,9 @@ async def test_retransmission_repeats_its_sequence_number_and_older_ones_are_dro
 async def test_retransmission_from_before_the_consumer_started_is_dropped(consumer):
     start = 65530  # and across the wrap
     for k in range(100):
-        await consumer.forward(packet(start + k), b"\0\0\0")
+        consumer.forward(packet(start + k), b"\0\0\0")
     count = len(consumer._injector.sent)
-    await consumer.forward(packet(start - 5), b"\0\0\0")
+    consumer.forward(packet(start - 5), b"\0\0\0")
     assert len(consumer._injector.sent) == count
 
 
@@ -163,7 +191,7 @@ def test_a_consumer_taking_over_a_transceiver_continues_its_sequence_numbers():
 
     async def feed(consumer, start, count):
         for k in range(count):
-            await consumer.forward(packet(start + k), b"\0\0\0")
+            consumer.forward(packet(start + k), b"\0\0\0")
     asyncio.run(feed(first, 40000, 10))
     first.close()
     assert not injector.attached

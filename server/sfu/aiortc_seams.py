@@ -17,7 +17,7 @@ import asyncio
 import random
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aioice.ice
@@ -328,14 +328,16 @@ class RtpInjector:
     def ssrc(self) -> int:
         return self._sender._ssrc
 
-    async def send(self, source: RtpPacket, sequence_number: int, timestamp: int,
-                   abs_send_time: bytes) -> None:
+    def send(self, source: RtpPacket, sequence_number: int, timestamp: int,
+             abs_send_time: bytes) -> Coroutine[Any, Any, None] | None:
         """Send `source`'s payload as our packet `sequence_number`.
 
-        `abs_send_time` comes from abs_send_time_now(), computed once per
-        incoming packet for all of its copies.
+        On the nominated ICE pair it is sent at once and this returns None: no
+        coroutine per packet per subscriber on the forwarding path. Until that
+        path is open it returns the coroutine that sends through aiortc, which
+        the caller awaits. `abs_send_time` comes from abs_send_time_now(),
+        computed once per incoming packet for all of its copies.
         """
-        sender = self._sender
         level = source.extensions.audio_level
         if level is not None and self._level_id:
             ext = self._ext_prefix + (abs_send_time if self._with_ast else b"") + bytes(
@@ -349,19 +351,29 @@ class RtpInjector:
         if words:
             header = _HEADER_WITH_EXTENSION.pack(
                 0x90, (source.marker << 7) | self.payload_type, sequence_number, timestamp,
-                sender._ssrc, 0xBEDE, words)
+                self._sender._ssrc, 0xBEDE, words)
         else:
             header = _HEADER.pack(0x80, (source.marker << 7) | self.payload_type,
-                                  sequence_number, timestamp, sender._ssrc)
+                                  sequence_number, timestamp, self._sender._ssrc)
         data = b"".join((header, ext, source.payload))
         self._history[sequence_number % RTP_HISTORY_SIZE] = data
         if not self._send_direct(data):
-            await self._transport._send_rtp(data)
+            return self._send_through_aiortc(data, len(source.payload), sequence_number, timestamp)
+        self._sent(len(source.payload), sequence_number, timestamp)
+        return None
+
+    async def _send_through_aiortc(self, data: bytes, payload_bytes: int, sequence_number: int,
+                                   timestamp: int) -> None:
+        await self._transport._send_rtp(data)
+        self._sent(payload_bytes, sequence_number, timestamp)
+
+    def _sent(self, payload_bytes: int, sequence_number: int, timestamp: int) -> None:
         if (sequence_number - self.next_seq) & 0xFFFF < 0x8000:
             self.next_seq = (sequence_number + 1) & 0xFFFF
             self.last_timestamp = timestamp
         self._packets += 1
-        self._octets += len(source.payload)
+        self._octets += payload_bytes
+        sender = self._sender
         sender._RTCRtpSender__packet_count = self._packets  # type: ignore[attr-defined]
         sender._RTCRtpSender__octet_count = self._octets  # type: ignore[attr-defined]
         # Sender reports pair these two for lip sync: always set them together.

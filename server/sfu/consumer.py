@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import pylibsrtp
@@ -62,15 +63,16 @@ class Consumer:
         self.last_keyframe_request_at = self.producer.clock()
         self.producer.request_keyframe()
 
-    async def forward(self, packet: RtpPacket, abs_send_time: bytes) -> None:
+    def forward(self, packet: RtpPacket, abs_send_time: bytes) -> Awaitable[None] | None:
         """Send one packet; the producer calls this only from a keyframe start on
-        while `waiting_for_keyframe` is set."""
+        while `waiting_for_keyframe` is set. Sent at once (None), or, until the
+        subscriber's direct path is open, returns what to await."""
         if self._closed:
-            return
+            return None
         if not self._injector.ready:
             self.packets_dropped += 1
             self._restart()
-            return
+            return None
         seq = packet.sequence_number
         if self.waiting_for_keyframe:
             # Rebase so the subscriber sees contiguous sequence numbers across
@@ -83,21 +85,35 @@ class Consumer:
             # "before this consumer started" stays meaningful across wraps.
             ext = self._highest_ext + ((seq - self._highest_ext + 0x8000) & 0xFFFF) - 0x8000
             if ext < self._start_ext:
-                return  # a late retransmission from before this consumer started
+                return None  # a late retransmission from before this consumer started
             if ext > self._highest_ext:
                 self._highest_ext = ext
         out_seq = (seq + self._seq_offset) & 0xFFFF
         try:
-            await self._injector.send(packet, out_seq,
-                                      (packet.timestamp + self.timestamp_offset) & 0xFFFFFFFF,
-                                      abs_send_time)
+            pending = self._injector.send(packet, out_seq,
+                                          (packet.timestamp + self.timestamp_offset) & 0xFFFFFFFF,
+                                          abs_send_time)
         except (ConnectionError, pylibsrtp.Error):
-            # Transport gone, or SRTP refused the packet: this subscriber
-            # starts over on a keyframe; the others are not affected.
-            self.packets_dropped += 1
-            self._restart()
+            self._send_failed()
+            return None
+        if pending is not None:
+            return self._finish(pending)
+        self.packets_out += 1
+        return None
+
+    async def _finish(self, pending: Awaitable[None]) -> None:
+        try:
+            await pending
+        except (ConnectionError, pylibsrtp.Error):
+            self._send_failed()
             return
         self.packets_out += 1
+
+    def _send_failed(self) -> None:
+        """Transport gone, or SRTP refused the packet: this subscriber starts over
+        on a keyframe; the others are not affected."""
+        self.packets_dropped += 1
+        self._restart()
 
     def _restart(self) -> None:
         """Start over on the next keyframe (transport not ready, or it failed)."""

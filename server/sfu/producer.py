@@ -102,7 +102,9 @@ class Producer:
                 if not is_key:
                     continue
             try:
-                await consumer.forward(packet, abs_send_time)
+                pending = consumer.forward(packet, abs_send_time)
+                if pending is not None:  # its direct path is not open yet
+                    await pending
             except Exception:
                 # One subscriber's failure must not cost the others this packet.
                 self.forwarding_errors += 1
