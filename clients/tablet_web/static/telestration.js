@@ -37,6 +37,7 @@ export class Telestration {
   #redo = [];
   #laserSentMs = 0;
   #drawnKey = null; // what the overlay showed when last drawn (see #drawForFrame)
+  #drawQueued = false;
 
   /**
    * api: {video, request(message) -> Promise<reply>, send(message),
@@ -125,7 +126,7 @@ export class Telestration {
     // The page's lists show annotations: only their arrival or removal changes them.
     // Lasers (up to 20 a second) and visibility change only the overlay.
     if (message.type === "annotation" || message.type === "annotations_removed") this.#api.onChange();
-    this.#draw();
+    this.#requestDraw();
     return true;
   }
 
@@ -197,7 +198,7 @@ export class Telestration {
       // Click by click; double-click (or closing on the first point) ends it.
       if (!this.#draft) this.#draft = { tool: this.#tool, points: [], ...frame };
       this.#draft.points.push(point);
-      this.#draw();
+      this.#requestDraw();
       return;
     }
     this.#draft = { tool: this.#tool, points: [point], ...frame, lastClient: [event.clientX, event.clientY] };
@@ -220,7 +221,7 @@ export class Telestration {
     } else {
       draft.points[1] = point; // the drag's other end
     }
-    this.#draw();
+    this.#requestDraw();
   }
 
   #up(event) {
@@ -270,7 +271,7 @@ export class Telestration {
     } finally {
       this.pending--;
       this.#api.onChange();
-      this.#draw();
+      this.#requestDraw();
     }
   }
 
@@ -291,7 +292,7 @@ export class Telestration {
     this.annotations.set(reply.annotation_id, reply);
     this.#undo.push({ annotation_id: reply.annotation_id, request: null });
     this.#api.onChange();
-    this.#draw();
+    this.#requestDraw();
   }
 
   #sendLaser(point, frame) {
@@ -360,7 +361,22 @@ export class Telestration {
                             poseFrameId: frame?.pose?.frame_id ?? null, pose: frame?.pose ?? null };
   }
 
+  /**
+   * Redraw at the next animation frame, once however many events ask: a pen
+   * sends 60-240 moves a second and messages come in bursts, while the screen
+   * shows one picture a frame. Each immediate redraw was another canvas upload
+   * and composite, on the main thread the next reply waits for.
+   */
+  #requestDraw() {
+    if (this.#drawQueued) return;
+    this.#drawQueued = true;
+    requestAnimationFrame(() => {
+      if (this.#drawQueued) this.#draw();
+    });
+  }
+
   #draw() {
+    this.#drawQueued = false;
     const canvas = this.#canvas;
     const video = this.#api.video;
     if (canvas.width !== video.clientWidth || canvas.height !== video.clientHeight) {
