@@ -126,6 +126,12 @@ def test_expert_page_decodes_simulated_crew_frames_through_the_sfu(
     # timestamp is that very frame's pose.
     page.wait_for_function("() => window.goldenhour.posesMatched >= 5")
     assert page.evaluate("() => window.goldenhour.poseMismatches") == []
+    # A stream that carries codes is read on every frame it shows, not backed off.
+    before = page.evaluate("() => window.goldenhour.frameCodes()")
+    page.wait_for_function("(n) => window.goldenhour.frameCodes().seen >= n + 30", arg=before["seen"])
+    after = page.evaluate("() => window.goldenhour.frameCodes()")
+    assert after["tried"] - before["tried"] == after["seen"] - before["seen"]
+    assert after["read"] > before["read"]
 
     screenshot = artifacts / f"viewer-{codec}.png"
     page.screenshot(path=str(screenshot))
@@ -163,6 +169,13 @@ def test_browser_crew_reaches_aiortc_expert_and_browser_viewer_through_the_sfu(
     viewer.wait_for_function("() => window.goldenhour.stats.framesDecoded > 0")
     wait_frames_decoded_beyond(viewer, frames_decoded(viewer) + 10)
     assert viewer.evaluate("() => window.goldenhour.stats.videoCodec") == CODECS[codec]
+
+    # Chromium's fake camera paints no frame code: the viewer stops looking for
+    # one on every frame (it tries one frame a second after 60 misses).
+    viewer.wait_for_function("() => window.goldenhour.frameCodes().seen >= 150", timeout=30_000)
+    codes = viewer.evaluate("() => window.goldenhour.frameCodes()")
+    assert codes["read"] == 0
+    assert codes["tried"] <= 60 + codes["seen"] / 30 + 1, codes
 
     crew_stats = crew_page.evaluate("() => window.goldenhour.stats")
     assert crew_stats["publishedVideoCodec"] == CODECS[codec]

@@ -45,13 +45,20 @@ export function decodeRow(rgba, block) {
  * of frame N+1 paired with frame N's timestamp). So the callback takes a
  * VideoFrame of the current picture and uses that frame's own metadata.
  */
+/** Frames in a row without a code before the reader backs off... */
+const MISSES_BEFORE_BACKOFF = 60;
+/** ...to trying one frame in this many, until a code reads again. */
+const BACKOFF_EVERY = 30;
+
 export class FrameCodeReader {
   #video;
   #onCode;
   #canvas = document.createElement("canvas");
   #context = this.#canvas.getContext("2d", { willReadFrequently: true });
   #handle = null;
+  #missesInARow = 0;
   framesSeen = 0;
+  framesTried = 0;
   framesRead = 0;
 
   constructor(video, onCode) {
@@ -77,6 +84,10 @@ export class FrameCodeReader {
 
   #read(metadata) {
     this.framesSeen++;
+    // A real headset paints no code: after two seconds of none, look once a
+    // second, not on every frame (each look copies pixels back from the frame).
+    if (this.#missesInARow >= MISSES_BEFORE_BACKOFF && this.framesSeen % BACKOFF_EVERY !== 0) return;
+    this.framesTried++;
     let frame;
     try {
       frame = new VideoFrame(this.#video);
@@ -86,7 +97,11 @@ export class FrameCodeReader {
     try {
       const rtpTimestamp = rtpTimestampOf(frame, metadata);
       const code = this.#readPixels(frame, frame.displayWidth, frame.displayHeight);
-      if (code === null) return;
+      if (code === null) {
+        this.#missesInARow++;
+        return;
+      }
+      this.#missesInARow = 0;
       this.framesRead++;
       this.#onCode({ ...code, rtpTimestamp });
     } finally {

@@ -629,6 +629,7 @@ async function main() {
 
   const reader = new FrameCodeReader(video, onFrameCode);
   if (role !== "crew") reader.start();
+  state.frameCodes = () => ({ seen: reader.framesSeen, tried: reader.framesTried, read: reader.framesRead });
 
   const joined = await signaling.request({ type: "join", room, role, name,
                                            create: role === "crew" });
