@@ -130,6 +130,10 @@ def test_arrow_drawn_in_the_browser_lands_on_the_patient_and_stays_there(
     # Standing at the patient's left, looking down at the forearm.
     T1 = look_at((wrist + elbow) / 2 + np.array([-0.1, 0.5, 0.3]), (wrist + elbow) / 2)
     move_camera(page, camera, T1)
+    # Nothing drawn yet: the empty overlay is hidden from the compositor, and
+    # still takes the pointer.
+    overlay_opacity = "() => getComputedStyle(document.getElementById('annotations')).opacity"
+    assert page.evaluate(overlay_opacity) == "0"
     page.click("button[data-tool=arrow]")
     start = css_point(page, pixel_norm(elbow, T1, camera.intrinsics))
     end = css_point(page, pixel_norm(wrist, T1, camera.intrinsics))
@@ -144,6 +148,7 @@ def test_arrow_drawn_in_the_browser_lands_on_the_patient_and_stays_there(
 
     page.wait_for_function("(id) => window.goldenhour.telestration.annotations.has(id)",
                            arg=annotation["annotation_id"])
+    page.wait_for_function(f"() => ({overlay_opacity})() === '1'")
     # The paramedic moves; the page re-projects the arrow with the new frames' pose.
     T2 = look_at(wrist + np.array([-0.25, 0.45, 0.3]), wrist)
     move_camera(page, camera, T2)

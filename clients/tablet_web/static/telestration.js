@@ -38,6 +38,7 @@ export class Telestration {
   #laserSentMs = 0;
   #drawnKey = null; // what the overlay showed when last drawn (see #drawForFrame)
   #drawQueued = false;
+  #emptyShown = null; // whether the overlay is hidden (opacity 0) as empty
 
   /**
    * api: {video, request(message) -> Promise<reply>, send(message),
@@ -411,6 +412,14 @@ export class Telestration {
     this.lastProjection = { rtpTimestamp: frame?.rtpPublisher ?? null,
                             poseFrameId: pose?.frame_id ?? null, pose: pose ?? null, shapes };
     if (this.#draft && this.#draft.points) drawDraft(ctx, this.#draft, rect);
+    // An empty overlay still costs the compositor a full-size blend on every
+    // video frame (without a GPU, 0.13 core here); at opacity 0 it is skipped,
+    // and it still takes the pointer.
+    const empty = !this.annotations.size && !this.lasers.size && !this.#draft?.points;
+    if (this.#emptyShown !== empty) {
+      canvas.style.opacity = empty ? "0" : "";
+      this.#emptyShown = empty;
+    }
     this.#drawnKey = this.#frameKey();
   }
 }
