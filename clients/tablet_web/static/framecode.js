@@ -92,6 +92,7 @@ export class FrameCodeReader {
     try {
       frame = new VideoFrame(this.#video);
     } catch {
+      this.#missesInARow++;
       return; // no picture yet (or a browser without WebCodecs)
     }
     try {
