@@ -10,7 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vision.camera import Intrinsics, camera_rows, check_points, check_pose, pixels_of_camera_rows
+from vision.camera import (
+    Intrinsics,
+    camera_rows,
+    check_points,
+    check_pose,
+    norm_from_px,
+    pixels_of_camera_rows,
+)
 from vision.spatial_map import MapSnapshot
 
 
@@ -74,7 +81,4 @@ def reproject(
         occluded[idx] = spatial_map.spans_blocked(T[:3, 3], spans_world.T)
     uv_px = np.empty((len(points), 2))
     uv_px[:, 0], uv_px[:, 1] = u, v
-    uv_norm = np.empty((len(points), 2))
-    uv_norm[:, 0] = (u + 0.5) / intrinsics.width
-    uv_norm[:, 1] = (v + 0.5) / intrinsics.height
-    return Reprojection(uv_px, uv_norm, depth_m, in_front, on_screen, occluded)
+    return Reprojection(uv_px, norm_from_px(uv_px, intrinsics), depth_m, in_front, on_screen, occluded)
