@@ -176,12 +176,6 @@ class MapSnapshot:
         return RayHits(hit=hit, t_m=t, normal_world=normal)
 
 
-    def segment_blocked(self, origin_world_m: np.ndarray, ends_world_m: np.ndarray) -> np.ndarray:
-        """Per segment from `origin` to each end (N, 3): does the map cross it?"""
-        ends = np.asarray(ends_world_m, dtype=np.float64)
-        origin = np.asarray(origin_world_m, dtype=np.float64)
-        return self.spans_blocked(origin, ends - origin)
-
     def spans_blocked(self, origin_world_m: np.ndarray, spans_m: np.ndarray) -> np.ndarray:
         """Per segment from `origin` to `origin + span` (spans (N, 3)): does the map cross it?
 
