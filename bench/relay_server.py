@@ -23,18 +23,16 @@ import sys
 from collections.abc import AsyncIterator
 
 import uvicorn
-from aiortc import (MediaStreamTrack, RTCConfiguration, RTCPeerConnection,
-                    RTCSessionDescription)
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError
+from sender_seams import pin_vp8_bitrate
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from server.sfu import aiortc_seams
-
-from vp8_bitrate import pin_vp8_bitrate
 
 log = logging.getLogger("bench.relay_server")
 

@@ -7,10 +7,14 @@ and a direct call, with one 720p crew camera and N remote experts.
 
 Every system runs as its own process so that its CPU is its own: the GoldenHour
 server (`python -m server.cli serve`), the baseline (bench/relay_server.py), the
-publisher and the subscribers (bench/sfu_peers.py). The publisher encodes a
-live synthetic camera (frame counter and capture time painted into every
-frame) and logs, per frame sent, its RTP timestamp, capture time and when its
-last packet left. Of the N subscribers one decodes (in a process of its own)
+publisher and the subscribers (bench/sfu_peers.py). The publisher is the
+synthetic headset camera (frame counter painted into every frame). A headset
+encodes in hardware, so by default it sends a clip of that camera encoded once
+ahead of time, with aiortc's VP8 settings at the pinned bitrate, and answers
+each keyframe request from the clip's nearest keyframe (bench/vp8_clip.py);
+`--camera live` encodes every frame in software instead, as earlier runs did.
+It logs, per frame sent, its RTP timestamp, capture time (handed to the
+sender), the clip frame it showed and when its last packet left. Of the N subscribers one decodes (in a process of its own)
 and reads the painted code back; the other N-1 are RTP-only: they decode
 nothing and record, per RTP timestamp, when the frame's packets arrived and
 when it was complete. Joined on the RTP timestamp with the publisher's log,
@@ -23,12 +27,13 @@ and bench/results/sfu-latest.json. A benchmark, not a test: it never fails on
 a missed goal, only on a broken run (exit status 1 when a point failed).
 
 What can bias the figures (points where it does are flagged in the output):
-- The load generator still shares the machine: the publisher's VP8 encoder
-  takes about 0.9 core at 720p30 (one libvpx thread, about 25 ms a frame),
-  the decoding subscriber about 0.3, the RTP-only ones 0.025 each. At N=16
-  the machine is about 85% busy and a frame's work arrives in one burst on
-  every process at once, so queueing for a core adds to the latencies (the
-  direct call, measured next to each N, has less of it).
+- The load generator still shares the machine: the decoding subscriber takes
+  about 0.3 core, the RTP-only ones 0.025 each, the pre-encoded publisher a
+  few percent (with `--camera live` its VP8 encoder takes about 0.9 core at
+  720p30: one libvpx thread, about 25 ms a frame; at N=16 the machine is then
+  about 85% busy). A frame's work arrives in one burst on every process at
+  once, so queueing for a core adds to the latencies (the direct call,
+  measured next to each N, has less of it).
 - RTP-only subscribers time a packet when aiortc hands it over in their
   process, not when the kernel received it; their processing queue (about
   90 us a packet, one frame's packets for 7-8 subscribers per process) is in
@@ -51,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import math
@@ -68,6 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from vp8_clip import load_or_encode
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -279,6 +286,7 @@ class Settings:
     width: int
     height: int
     fps: int
+    camera: str
     subscriber_procs: int
     relay_unbuffered: bool
     max_server_rss_mb: float
@@ -323,7 +331,8 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
         peers = [python, str(BENCH_DIR / "sfu_peers.py")]
         publisher = child("publisher", peers + [
             "publisher", "--bitrate", str(settings.bitrate_bps), "--width", str(settings.width),
-            "--height", str(settings.height), "--fps", str(settings.fps)], control=True)
+            "--height", str(settings.height), "--fps", str(settings.fps),
+            "--camera", settings.camera], control=True)
         decoder = child("decoder", peers + ["subscribers"], control=True)
         rtp_only = 0 if system == "direct" else n - 1
         procs = min(settings.subscriber_procs, rtp_only)
@@ -504,6 +513,7 @@ def summarise(point: dict, settings: Settings) -> dict:
     sent = pub["sent"]
     capture_of_ts = dict(zip(sent["rtp_ts"], sent["capture_s"]))
     capture_of_id = dict(zip(pub["captured"]["frame_id"], pub["captured"]["capture_s"]))
+    frame_of_painted = _painted_to_frame_id(pub["captured"], pub.get("clip_index"))
     # The relay re-encodes: its RTP timestamps are its encoders', not the publisher's.
     joinable = point["system"] != "relay"
     out["g2g_basis"] = "rtp" if joinable else "pixels"
@@ -540,7 +550,8 @@ def summarise(point: dict, settings: Settings) -> dict:
         if sub["decode"]:
             decoded = sub["decoded"]
             decoded_of_id = {}
-            for frame_id, decoded_s in zip(decoded["frame_id"], decoded["decoded_s"]):
+            for painted, decoded_s in zip(decoded["frame_id"], decoded["decoded_s"]):
+                frame_id = frame_of_painted(painted, decoded_s)
                 if frame_id in capture_of_id:
                     decoded_of_id.setdefault(frame_id, decoded_s)
             decoded_latencies = [1000 * (decoded_of_id[i] - c) if i in decoded_of_id
@@ -607,6 +618,30 @@ def summarise(point: dict, settings: Settings) -> dict:
     #: The machine or the load generator, not the system, set this point's figures.
     out["load_bound"] = bool(load_warnings) or bool(point.get("aborted"))
     return out
+
+
+def _painted_to_frame_id(captured: dict, clip_index: list[int] | None):
+    """painted code, decoded at time t -> the publisher's frame id.
+
+    The live camera paints the frame id itself. The pre-encoded camera paints
+    the clip frame, which recurs (the clip loops, and a keyframe request jumps
+    back): the frame is the latest one that showed that clip frame before t.
+    """
+    if clip_index is None:
+        return lambda painted, decoded_s: painted
+    shown: dict[int, tuple[list[float], list[int]]] = {}
+    for frame_id, capture_s, index in zip(captured["frame_id"], captured["capture_s"],
+                                          clip_index):
+        times, ids = shown.setdefault(index, ([], []))
+        times.append(capture_s)
+        ids.append(frame_id)
+
+    def frame_of(painted: int, decoded_s: float) -> int | None:
+        times, ids = shown.get(painted, ((), ()))
+        k = bisect.bisect_right(times, decoded_s)
+        return ids[k - 1] if k else None
+
+    return frame_of
 
 
 def _p50_p99(values: list[float]) -> dict:
@@ -931,6 +966,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
+    parser.add_argument("--camera", choices=("preencoded", "live"), default="preencoded",
+                        help="publisher: a clip encoded ahead of time, as a headset's hardware "
+                             "encoder leaves the CPU free (default), or aiortc's software VP8 "
+                             "encoder on every frame (0.9 core here)")
     parser.add_argument("--subscriber-procs", type=int, default=None,
                         help="most processes for the RTP-only subscribers, spread over them "
                              "(default 2; each subscriber costs about 2.5%% of a core; the "
@@ -965,13 +1004,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> dict:
     settings = Settings(seconds=args.seconds, warmup_s=args.warmup, drain_s=args.drain,
                         bitrate_bps=int(args.bitrate), width=args.width, height=args.height,
-                        fps=args.fps, subscriber_procs=args.subscriber_procs,
+                        fps=args.fps, camera=args.camera,
+                        subscriber_procs=args.subscriber_procs,
                         relay_unbuffered=args.relay_unbuffered,
                         max_server_rss_mb=args.max_server_rss_mb, late_join_timeout_s=10.0)
     # A direct call is measured next to every N (the machine's other load
     # drifts), and each system's "added over direct" uses the one of its N.
     plan = [(system, n) for n in args.n_values for system in SYSTEMS
             if system in args.system_list]
+    if settings.camera == "preencoded":  # encode (about a minute) before any point, once
+        load_or_encode(settings.width, settings.height, settings.fps, settings.bitrate_bps)
     log_dir = Path(tempfile.mkdtemp(prefix="goldenhour-bench-sfu-"))
     started = time.time()
     raw, rows = [], []

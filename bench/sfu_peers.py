@@ -7,10 +7,14 @@ go to stderr. Commands are handled one at a time, in order, while the media
 keeps flowing on the same event loop.
 
 The publisher is the simulated headset camera (1280x720, 30 fps, frame
-counter and capture time painted into the pixels) encoded live by aiortc's
-VP8 encoder at a pinned bitrate, so that it answers PLIs with keyframes. It
-logs every frame it sends: RTP timestamp, capture time and the time its last
-packet went to the transport.
+counter painted into the pixels). By default it sends a clip of it encoded
+ahead of time (bench/vp8_clip.py), as a headset's hardware encoder would leave
+the CPU free, and answers keyframe requests by jumping to the clip's nearest
+keyframe; `--camera live` encodes each frame with aiortc's VP8 encoder instead
+(0.9 of a core here). Either way the bitrate is pinned, and it logs every frame
+it sends: RTP timestamp, capture time (when the frame was handed to the
+sender), the clip frame it showed, and the time its last packet went to the
+transport.
 
 Subscribers come in two kinds, because decoding 720p VP8 costs 0.2-0.3 core
 each and a 2-core machine cannot decode for 16 of them next to the encoder
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fractions
 import json
 import logging
 import sys
@@ -52,9 +57,10 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 from receiver_seams import stop_remb, watch_received_rtp
-from vp8_bitrate import pin_vp8_bitrate
+from sender_seams import on_keyframe_request, pin_vp8_bitrate
+from vp8_clip import Vp8Clip, load_or_encode
 
-from clients.hololens_bridge.simulated import SyntheticCameraTrack
+from clients.hololens_bridge.simulated import VIDEO_CLOCK_RATE, SyntheticCameraTrack
 from clients.sdk import framecode
 from clients.sdk.client import GoldenHourClient, RemoteTrack
 from server.sfu import aiortc_seams
@@ -138,6 +144,59 @@ class BenchCamera(SyntheticCameraTrack):
         self.capture_s.append(capture_s)
 
 
+class PreEncodedCamera(BenchCamera):
+    """The headset camera with a hardware encoder: gives out a pre-encoded clip's
+    VP8 frames (av.Packet, which aiortc's sender packetizes as they are) at the
+    camera's frame rate, and a keyframe whenever a receiver asks for one.
+
+    Frame ids count frames given out, as for the live camera; the picture of
+    frame id n is clip frame `clip_index[n]`, whose index is what is painted.
+    """
+
+    def __init__(self, clip: Vp8Clip) -> None:
+        super().__init__(clip.width, clip.height, clip.fps)
+        self._clip = clip
+        self._chain = 0
+        self._index = -1
+        self._keyframe_wanted = False
+        #: frame_id -> the clip frame sent as that frame
+        self.clip_index = array("i")
+        self.keyframes_sent = 0
+
+    def request_keyframe(self) -> None:
+        self._keyframe_wanted = True
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        if self._start is None:
+            self._start = time.monotonic()
+        frame_id = self.frame_count
+        delay = self._start + frame_id / self.fps - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.frame_count += 1
+        following = self._index + 1
+        if self._keyframe_wanted:
+            self._keyframe_wanted = False
+            self._chain = self._index = self._clip.nearest_chain(following)
+        elif following >= self._clip.frames:
+            self._chain = self._index = 0
+        else:
+            self._index = following
+        if self._index == self._chain:
+            self.keyframes_sent += 1
+        packet = av.Packet(self._clip.frame(self._chain, self._index))
+        pts = frame_id * (VIDEO_CLOCK_RATE // self.fps)
+        packet.pts = pts
+        packet.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+        capture_s = time.time()
+        self._on_capture(frame_id, capture_s)
+        self.clip_index.append(self._index)
+        self.captured[pts] = (frame_id, int(capture_s * 1000), frame_id / self.fps)
+        if len(self.captured) > 300:
+            del self.captured[next(iter(self.captured))]
+        return packet
+
+
 class SentFrameLog:
     """Every video frame the publisher sent: RTP timestamp, frame id and when its
     marker packet was handed to the transport, from aiortc_seams.watch_sent_rtp."""
@@ -166,8 +225,12 @@ class SentFrameLog:
 class Publisher:
     """The crew's camera, published to the GoldenHour SFU, the MCU relay, or one direct peer."""
 
-    def __init__(self, width: int, height: int, fps: int) -> None:
-        self.camera = BenchCamera(width, height, fps)
+    def __init__(self, width: int, height: int, fps: int, camera: str, bitrate_bps: int) -> None:
+        if camera == "preencoded":
+            self.camera: BenchCamera = PreEncodedCamera(
+                load_or_encode(width, height, fps, bitrate_bps))
+        else:
+            self.camera = BenchCamera(width, height, fps)
         self.sent = SentFrameLog(self.camera)
         self._client: GoldenHourClient | None = None
         self._pc: RTCPeerConnection | None = None
@@ -206,6 +269,8 @@ class Publisher:
         assert self._pc is not None
         sender = next(t.sender for t in self._pc.getTransceivers() if t.kind == "video")
         aiortc_seams.watch_sent_rtp(sender, self.sent.on_packet)
+        if isinstance(self.camera, PreEncodedCamera):
+            on_keyframe_request(sender, self.camera.request_keyframe)
 
     async def _start_goldenhour(self, url: str) -> None:
         client = self._client = GoldenHourClient(url, ROOM, "crew", "bench publisher",
@@ -240,7 +305,8 @@ class Publisher:
         report = await sender.getStats()
         sent = sum(s.bytesSent for s in report.values() if s.type == "outbound-rtp")
         return {"t_ms": time.time() * 1000, "frames": self.camera.frame_count,
-                "bytes_sent": sent}
+                "bytes_sent": sent,
+                "keyframes_sent": getattr(self.camera, "keyframes_sent", None)}
 
     def _log(self, t0_s: float, t1_s: float) -> dict:
         """Frames captured in [t0, t1): all of them (by frame id) and those sent."""
@@ -259,6 +325,10 @@ class Publisher:
                              "capture_s": [round(capture_s[i], 6) for i in captured_ids]},
                 "sent": {"rtp_ts": ts, "frame_id": frame_ids, "capture_s": captures,
                          "marker_sent_s": sent},
+                # The painted code of frame id n is clip_index[n] (pre-encoded
+                # camera) or n itself (live camera: None).
+                "clip_index": ([self.camera.clip_index[i] for i in captured_ids]
+                               if isinstance(self.camera, PreEncodedCamera) else None),
                 "unmapped_packets": self.sent.unmapped,
                 "first_sent_frame_id": self.sent.first_frame_id}
 
@@ -584,6 +654,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--camera", choices=("preencoded", "live"), default="preencoded",
+                        help="publisher: send a pre-encoded clip, or encode live")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format=f"[{args.role} %(process)d] %(levelname)s %(name)s: %(message)s")
@@ -591,7 +663,8 @@ def main() -> None:
         pin_vp8_bitrate(args.bitrate)
 
     async def run() -> None:
-        handler = (Publisher(args.width, args.height, args.fps) if args.role == "publisher"
+        handler = (Publisher(args.width, args.height, args.fps, args.camera, args.bitrate)
+                   if args.role == "publisher"
                    else SubscriberHost())
         await serve(handler)
 

@@ -134,11 +134,14 @@ async def test_remb_is_sent_at_most_once_per_interval_while_overused():
 
 
 def test_the_benchmarks_aiortc_hooks_still_find_their_targets():
-    """bench/vp8_bitrate.py pins aiortc's VP8 bitrate constants; bench/receiver_seams.py
-    silences a receiver's REMB estimator (checked above) and wraps its jitter
-    buffer's add()."""
+    """bench/sender_seams.py pins aiortc's VP8 bitrate constants and hears a
+    sender's keyframe requests (its `_send_keyframe`, checked above) for a track
+    of pre-encoded packets, which the sender packs as they are;
+    bench/receiver_seams.py silences a receiver's REMB estimator (checked above)
+    and wraps its jitter buffer's add()."""
     from aiortc.codecs import vpx
     from aiortc.jitterbuffer import JitterBuffer
     for name in ("DEFAULT_BITRATE", "MIN_BITRATE", "MAX_BITRATE"):
         assert isinstance(getattr(vpx, name), int), name
     assert callable(JitterBuffer.add)
+    assert list(inspect.signature(vpx.Vp8Encoder.pack).parameters) == ["self", "packet"]

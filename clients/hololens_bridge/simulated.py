@@ -61,9 +61,13 @@ class SyntheticCameraTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, width: int = 1280, height: int = 720, fps: int = 30) -> None:
+    def __init__(self, width: int = 1280, height: int = 720, fps: int = 30,
+                 paced: bool = True) -> None:
+        """`paced=False` gives out frames as fast as they are asked for (to
+        render a clip ahead of time), each still painted for its place in time."""
         super().__init__()
         self.width, self.height, self.fps = width, height, fps
+        self._paced = paced
         self.frame_count = 0
         self._texture = _texture(height * 2, width * 2)
         self._chroma = np.full((height // 2, width // 2), 128, np.uint8)
@@ -98,7 +102,7 @@ class SyntheticCameraTrack(MediaStreamTrack):
         frame_id = self.frame_count
         due = self._start + frame_id / self.fps
         delay = due - time.monotonic()
-        if delay > 0:
+        if delay > 0 and self._paced:
             await asyncio.sleep(delay)
         self.frame_count += 1
         t = frame_id / self.fps
