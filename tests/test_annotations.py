@@ -214,6 +214,45 @@ async def test_visibility_is_sent_when_it_changes_and_to_each_newcomer(world: Wo
     assert len(told) > sent
 
 
+async def test_an_annotation_does_not_wait_for_a_visibility_check(world: World, monkeypatch):
+    """Visibility is re-checked five times a second; an expert's annotation must not
+    queue behind a check that is still running."""
+    import threading
+
+    from server.annotations.service import INLINE_MAX_POINTS
+    from server.rooms import annotating
+
+    entered, release = threading.Event(), threading.Event()
+    original = annotating.reproject
+
+    def slow_reproject(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(annotating, "reproject", slow_reproject)
+    crew = await scene_crew(world, "ann-vis-busy")
+    expert = await world.expert("Dr Busy", room="ann-vis-busy")
+    producer_id, rtp, T = await latest_frame(crew, expert)
+    room = world.server.app.state.registry.get("ann-vis-busy").annotations
+    sternum = crew.scene.landmarks_world_m["sternum"]
+    uv = uv_of(sternum, T, crew.camera.intrinsics)
+    try:
+        first = await expert.request({"type": "annotate", "producer_id": producer_id,
+                                      "rtp_timestamp": rtp, "kind": "point", "points": [uv]})
+        await expert.wait_until(entered.is_set, 10)  # a visibility check is now stuck
+        # A stroke long enough to be anchored on the anchoring thread, not inline.
+        stroke = [[uv[0] + 0.001 * k, uv[1]] for k in range(INLINE_MAX_POINTS + 8)]
+        second = await expert.request({"type": "annotate", "producer_id": producer_id,
+                                       "rtp_timestamp": rtp, "kind": "stroke", "points": stroke})
+        assert second["annotation_id"] != first["annotation_id"]
+        assert np.linalg.norm(np.array(second["points_world_m"][0]) - sternum) < 0.002
+        assert room.visibility_checks == 0
+    finally:
+        release.set()
+    await expert.wait_until(lambda: room.visibility_checks > 0, 10)
+
+
 async def test_the_server_hands_the_gil_over_every_millisecond(world: World):
     """The anchoring thread waits for the GIL behind the media-forwarding event
     loop; Python's default 5 ms switch interval made a stroke's anchoring up to

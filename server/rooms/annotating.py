@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import cv2
@@ -90,6 +91,12 @@ class RoomAnnotations:
     def __init__(self, room: Room) -> None:
         self._room = room
         self.service = AnnotationService()
+        # Visibility is re-checked five times a second per crew camera. On the
+        # anchoring thread an expert's annotation queued behind those checks:
+        # up to 40 ms on a loaded 2-core machine (bench/annotation_roundtrip.py).
+        # Map snapshots may be ray-cast from any thread.
+        self.visibility_executor = ThreadPoolExecutor(max_workers=1,
+                                                      thread_name_prefix="visibility")
         self._laser_at: dict[str, float] = {}
         #: Per expert, the pose of the frame they froze (outlives the 10 s history).
         self._frozen: dict[str, m.CameraPose] = {}
@@ -105,6 +112,7 @@ class RoomAnnotations:
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        self.visibility_executor.shutdown(wait=False, cancel_futures=True)
         self.service.close()
 
     def on_pose(self, crew_peer_id: str, pose: m.CameraPose) -> None:
@@ -145,7 +153,7 @@ class RoomAnnotations:
                     start += n
                 return out
 
-            occluded = await asyncio.get_running_loop().run_in_executor(self.service.executor, work)
+            occluded = await asyncio.get_running_loop().run_in_executor(self.visibility_executor, work)
             self.visibility_checks += 1
             told = self._visibility_told.get(producer_id)
             if told is not None and told.occluded == occluded:
