@@ -38,6 +38,36 @@ async def test_three_subscribers_each_decode_frames_whose_counter_advances(world
     assert len(set.intersection(*(set(c.frame_id for c in codes) for codes in results))) > 5
 
 
+async def test_sender_reports_count_what_each_subscriber_was_sent(world: World):
+    """The SFU hands its own packet and byte counts to aiortc's sender reports
+    (once per frame, not per packet): a subscriber's remote-outbound statistics
+    follow the packets it receives."""
+    await world.crew()
+    expert = await world.expert("counting")
+    remote = await expert.wait_for_track("video")
+    await read_frame_codes(remote.track, 5)
+
+    async def stats() -> tuple[int, int, int]:
+        report = await remote.receiver.getStats()
+        inbound = next(s for s in report.values() if s.type == "inbound-rtp")
+        outbound = [s for s in report.values() if s.type == "remote-outbound-rtp"]
+        if not outbound:
+            return inbound.packetsReceived, 0, 0
+        return inbound.packetsReceived, outbound[0].packetsSent, outbound[0].bytesSent
+
+    received_before, _, _ = await stats()
+    deadline = time.monotonic() + 10
+    while True:
+        received, reported, octets = await stats()
+        if reported > received_before:
+            break
+        assert time.monotonic() < deadline, f"sender reports stuck at {reported} packets"
+        await asyncio.sleep(0.1)
+    # What it reports was sent; the subscriber has it (nothing is lost on loopback).
+    assert reported <= received
+    assert octets > 100 * reported  # payload bytes, VP8 frames of hundreds of bytes
+
+
 async def test_late_subscriber_gets_a_decodable_keyframe_within_one_second(world: World):
     crew = await world.crew()
     first = await world.expert("early")

@@ -300,7 +300,9 @@ class RtpInjector:
 
     @property
     def ready(self) -> bool:
-        return self._started.is_set() and self._transport.state == "connected"
+        # Checked for every packet of every consumer: the transport's public
+        # `state` formats an enum into a string each time.
+        return self._transport._state is _DTLS_CONNECTED and self._started.is_set()
 
     def _send_direct(self, data: bytes) -> bool:
         """Protect and send on the nominated ICE pair's socket, synchronously.
@@ -359,20 +361,29 @@ class RtpInjector:
         self._history[sequence_number % RTP_HISTORY_SIZE] = data
         if not self._send_direct(data):
             return self._send_through_aiortc(data, len(source.payload), sequence_number, timestamp)
-        self._sent(len(source.payload), sequence_number, timestamp)
+        self._sent(len(source.payload), sequence_number, timestamp, source.marker)
         return None
 
     async def _send_through_aiortc(self, data: bytes, payload_bytes: int, sequence_number: int,
                                    timestamp: int) -> None:
         await self._transport._send_rtp(data)
-        self._sent(payload_bytes, sequence_number, timestamp)
+        self._sent(payload_bytes, sequence_number, timestamp, True)
 
-    def _sent(self, payload_bytes: int, sequence_number: int, timestamp: int) -> None:
+    def _sent(self, payload_bytes: int, sequence_number: int, timestamp: int,
+              marker: bool) -> None:
         if (sequence_number - self.next_seq) & 0xFFFF < 0x8000:
             self.next_seq = (sequence_number + 1) & 0xFFFF
             self.last_timestamp = timestamp
         self._packets += 1
         self._octets += payload_bytes
+        # The sender report's counters (read about once a second) are handed to
+        # the aiortc sender at the end of each video frame and every 16th packet
+        # otherwise (audio sets the marker only at a talkspurt's start), not for
+        # every packet of every consumer.
+        if marker or not self._packets & 15:
+            self._report_counters(timestamp)
+
+    def _report_counters(self, timestamp: int) -> None:
         sender = self._sender
         sender._RTCRtpSender__packet_count = self._packets  # type: ignore[attr-defined]
         sender._RTCRtpSender__octet_count = self._octets  # type: ignore[attr-defined]
