@@ -167,13 +167,7 @@ class PreEncodedCamera(BenchCamera):
         self._keyframe_wanted = True
 
     async def recv(self) -> av.Packet:  # type: ignore[override]
-        if self._start is None:
-            self._start = time.monotonic()
-        frame_id = self.frame_count
-        delay = self._start + frame_id / self.fps - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        self.frame_count += 1
+        frame_id = await self._next_frame_id()
         following = self._index + 1
         if self._keyframe_wanted:
             self._keyframe_wanted = False

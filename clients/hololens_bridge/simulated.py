@@ -56,22 +56,42 @@ def camera_pose(t_s: float) -> list[float]:
     return [float(v) for v in pose.reshape(-1)]
 
 
-class SyntheticCameraTrack(MediaStreamTrack):
-    """The headset's photo/video camera, simulated at a fixed frame rate."""
+class PacedVideoTrack(MediaStreamTrack):
+    """A simulated video source that gives out a frame every 1/fps seconds,
+    counted from its first frame (a late reader catches up, it does not drift)."""
 
     kind = "video"
 
+    def __init__(self, fps: int, paced: bool = True) -> None:
+        """`paced=False` gives out frames as fast as they are asked for (to
+        render a clip ahead of time), each still made for its place in time."""
+        super().__init__()
+        self.fps = fps
+        self.frame_count = 0
+        self._paced = paced
+        self._start: float | None = None
+
+    async def _next_frame_id(self) -> int:
+        """Wait until the next frame is due; count it and return its id."""
+        if self._start is None:
+            self._start = time.monotonic()
+        frame_id = self.frame_count
+        delay = self._start + frame_id / self.fps - time.monotonic()
+        if delay > 0 and self._paced:
+            await asyncio.sleep(delay)
+        self.frame_count += 1
+        return frame_id
+
+
+class SyntheticCameraTrack(PacedVideoTrack):
+    """The headset's photo/video camera, simulated at a fixed frame rate."""
+
     def __init__(self, width: int = 1280, height: int = 720, fps: int = 30,
                  paced: bool = True) -> None:
-        """`paced=False` gives out frames as fast as they are asked for (to
-        render a clip ahead of time), each still painted for its place in time."""
-        super().__init__()
-        self.width, self.height, self.fps = width, height, fps
-        self._paced = paced
-        self.frame_count = 0
+        super().__init__(fps, paced)
+        self.width, self.height = width, height
         self._texture = _texture(height * 2, width * 2)
         self._chroma = np.full((height // 2, width // 2), 128, np.uint8)
-        self._start: float | None = None
         self._rtp_origin: int | None = None
         #: pts (90 kHz) -> (frame_id, capture_ms, time of capture) of recent frames
         self.captured: dict[int, tuple[int, int, float]] = {}
@@ -97,14 +117,7 @@ class SyntheticCameraTrack(MediaStreamTrack):
         the painted code keeps only whole milliseconds. For subclasses."""
 
     async def recv(self) -> av.VideoFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        frame_id = self.frame_count
-        due = self._start + frame_id / self.fps
-        delay = due - time.monotonic()
-        if delay > 0 and self._paced:
-            await asyncio.sleep(delay)
-        self.frame_count += 1
+        frame_id = await self._next_frame_id()
         t = frame_id / self.fps
         dx = int((0.5 + 0.5 * math.sin(0.7 * t)) * self.width)
         dy = int((0.5 + 0.5 * math.cos(0.5 * t)) * self.height)
@@ -126,36 +139,27 @@ class SyntheticCameraTrack(MediaStreamTrack):
         return frame
 
 
-class SyntheticUltrasoundTrack(MediaStreamTrack):
+class SyntheticUltrasoundTrack(PacedVideoTrack):
     """A wireless ultrasound probe held still over a FAST view: one phantom's
     anatomy (models/phantoms/ultrasound.py) with fresh speckle every frame
     (a loop of `variants` frames, made up front: a phantom costs about 20 ms,
     too much for the event loop at 30 fps). `fluid_mask` is the truth the
     server's overlays can be checked against."""
 
-    kind = "video"
-
     def __init__(self, size: int = 256, fps: int = 30, seed: int = 19,
                  fluid: bool = True, variants: int = 12) -> None:
-        super().__init__()
+        super().__init__(fps)
         from models.phantoms import ultrasound
-        self.size, self.fps, self.frame_count = size, fps, 0
+        self.size = size
         cases = [ultrasound.generate(np.random.default_rng(seed), size, fluid,
                                      speckle_rng=np.random.default_rng((seed, k)))
                  for k in range(variants)]
         self._images = [c.image for c in cases]
         self.fluid_mask = cases[0].fluid_mask
         self._chroma = np.full((size // 2, size // 2), 128, np.uint8)
-        self._start: float | None = None
 
     async def recv(self) -> av.VideoFrame:
-        if self._start is None:
-            self._start = time.monotonic()
-        frame_id = self.frame_count
-        delay = self._start + frame_id / self.fps - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        self.frame_count += 1
+        frame_id = await self._next_frame_id()
         luma = self._images[frame_id % len(self._images)]
         yuv = np.concatenate([luma, self._chroma.reshape(-1, self.size),
                               self._chroma.reshape(-1, self.size)])
