@@ -18,6 +18,12 @@ pings: the server and the network without the browser. The run also reports
 the CPU (in cores) the server, the crew and the browser used while the page
 drew: on 2 cores it is close to all of them.
 
+Where the time goes: the page records the wall-clock ends of each round trip
+and the server logs when it finished anchoring and how long that took
+('annotation anchored'); joined on the annotation id, that splits each round
+trip into page to server, server, and server back to the page's handler (one
+clock, the machine's; to about a millisecond).
+
 Prints a table and writes bench/results/annotation-roundtrip-<time>.json and
 -latest.json. Goal (issue 4): p99 < 50 ms. A benchmark, not a test.
 """
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import statistics
@@ -101,6 +108,35 @@ def browser_thread_seconds() -> dict[str, float]:
     return out
 
 
+class AnchoredLog(logging.Handler):
+    """The server's 'annotation anchored' records: id -> (logged at, server ms, kind)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: dict[str, tuple[float, float, str]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "annotation anchored":
+            self.records[record.annotation] = (record.created, record.server_ms, record.kind)
+
+
+def legs(ends: list[dict], anchored: dict[str, tuple[float, float, str]]) -> dict[str, dict]:
+    """Per annotation kind, p50/p99 of page -> server, server, server -> page (ms)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for end in ends:
+        found = anchored.get(end["annotation_id"])
+        if found is None:
+            continue
+        logged_s, server_ms, kind = found
+        started_ms = logged_s * 1e3 - server_ms
+        split = out.setdefault(kind, {"to_server": [], "server": [], "to_page": []})
+        split["to_server"].append(started_ms - end["sent_ms"])
+        split["server"].append(server_ms)
+        split["to_page"].append(end["replied_ms"] - logged_s * 1e3)
+    return {kind: {leg: {"p50_ms": percentile(v, 0.5), "p99_ms": percentile(v, 0.99)}
+                   for leg, v in split.items()} for kind, split in out.items()}
+
+
 class Loop:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -150,6 +186,8 @@ def main() -> int:
     # frame's pose and how long anchoring took: where the round trip goes.
     from server import logs
     logs.configure("INFO")
+    anchored_log = AnchoredLog()
+    logging.getLogger("server.rooms.annotating").addHandler(anchored_log)
     loop = Loop()
     server_context = start_server(loopback_config())
     server = loop.run(server_context.__aenter__())
@@ -230,6 +268,7 @@ def main() -> int:
 
             pings_while_drawing: list[float] = []
             draw("point", 3)  # warm-up: first anchoring pays for lazy builds
+            warm = page.evaluate("() => window.goldenhour.telestration.roundTripEnds.length")
             pings_while_drawing.clear()
             cpu_before, wall_before = cpu_seconds(crew.pid), time.perf_counter()
             threads_before = browser_thread_seconds()
@@ -254,6 +293,8 @@ def main() -> int:
                 return out;
             }""", n)
             results["ping_baseline"] = summary(pings)
+            ends = page.evaluate("(n) => window.goldenhour.telestration.roundTripEnds.slice(n)", warm)
+            results["legs"] = legs(ends, anchored_log.records)
             results["ping_while_drawing"] = summary(pings_while_drawing)
             browser.close()
         # The same requests from a Python client (no browser): the server and the
@@ -278,6 +319,11 @@ def main() -> int:
         print(f"{label:28s}{r['n']:5d}{r['p50_ms']:9.1f}{r['p90_ms']:9.1f}{r['p99_ms']:9.1f}"
               f"{r['max_ms']:9.1f}{r['ratio_to_ping_p50']:10.1f}")
     goal_met = all(results[k]["p99_ms"] < 50.0 for k in ("point", "stroke_40"))
+    print("\nwhere it goes, p50 / p99 ms: page to server (the page's send, the network, the "
+          "server's loop) | server (pose, anchoring) | server to the page's handler")
+    for kind, split in results["legs"].items():
+        print(f"  {kind:8s}" + " | ".join(
+            f"{leg} {v['p50_ms']:.1f} / {v['p99_ms']:.1f}" for leg, v in split.items()))
     shares = results["cpu_share_while_drawing"]
     print("\nCPU while the page drew, in cores: " + ", ".join(
         f"{name} {share:.2f}" for name, share in shares.items())

@@ -264,7 +264,12 @@ export class Telestration {
       this.annotations.set(reply.annotation_id, reply);
       this.#undo.push({ annotation_id: reply.annotation_id, request });
       this.#redo = [];
-      this.roundTrips.push(performance.now() - sentMs);
+      const repliedMs = performance.now();
+      this.roundTrips.push(repliedMs - sentMs);
+      // Wall-clock ends of the same round trip, to set beside the server's log.
+      this.roundTripEnds.push({ annotation_id: reply.annotation_id,
+                                sent_ms: performance.timeOrigin + sentMs,
+                                replied_ms: performance.timeOrigin + repliedMs });
       return reply;
     } catch (error) {
       this.errors.push(String(error.message ?? error));
@@ -277,6 +282,7 @@ export class Telestration {
   }
 
   roundTrips = [];
+  roundTripEnds = [];
 
   /** Choose the image to share; the next click on the picture hangs it there. */
   async chooseImage(file, title) {
