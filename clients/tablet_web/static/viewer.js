@@ -629,7 +629,8 @@ async function main() {
 
   const reader = new FrameCodeReader(video, onFrameCode);
   if (role !== "crew") reader.start();
-  state.frameCodes = () => ({ seen: reader.framesSeen, tried: reader.framesTried, read: reader.framesRead });
+  state.frameCodes = () => ({ seen: reader.framesSeen, tried: reader.framesTried, read: reader.framesRead,
+                              fromPlanes: reader.framesReadFromPlanes });
 
   const joined = await signaling.request({ type: "join", room, role, name,
                                            create: role === "crew" });
