@@ -91,10 +91,11 @@ class RoomAnnotations:
     def __init__(self, room: Room) -> None:
         self._room = room
         self.service = AnnotationService()
-        # Visibility is re-checked five times a second per crew camera. On the
-        # anchoring thread an expert's annotation queued behind those checks:
-        # up to 40 ms on a loaded 2-core machine (bench/annotation_roundtrip.py).
-        # Map snapshots may be ray-cast from any thread.
+        # Visibility is re-checked five times a second per crew camera. Shapes
+        # too long to anchor on the event loop go to the anchoring thread, where
+        # they queued behind those checks: up to 40 ms on a loaded 2-core
+        # machine (bench/annotation_roundtrip.py). Map snapshots may be ray-cast
+        # from any thread.
         self.visibility_executor = ThreadPoolExecutor(max_workers=1,
                                                       thread_name_prefix="visibility")
         self._laser_at: dict[str, float] = {}
