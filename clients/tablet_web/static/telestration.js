@@ -335,12 +335,15 @@ export class Telestration {
 
   /**
    * What the overlay's pixels depend on from frame to frame. Everything else that
-   * changes them (messages, pointer input, submit) redraws explicitly. Null while
-   * something animates on its own: a laser dot fading, a draft, a shared picture
-   * still decoding.
+   * changes them (messages, pointer input and the draft it draws, submit)
+   * redraws explicitly. Null while something animates on its own: a laser dot
+   * fading, a shared picture still decoding. (A draft used to count: every
+   * video frame of a pen stroke then redrew and re-uploaded the whole overlay,
+   * about 4 ms of the main thread each in Chromium without a GPU, on top of
+   * the redraws the pen's own moves ask for.)
    */
   #frameKey() {
-    if (this.lasers.size || this.#draft) return null;
+    if (this.lasers.size) return null;
     for (const id of decodedImages.keys()) {
       if (this.annotations.has(id) && !decodedImages.get(id).complete) return null;
     }
