@@ -192,6 +192,15 @@ def test_second_expert_sees_the_first_experts_annotation_live(room, open_page, l
     assert back["id"] == own["annotation_id"]
     assert back["points"] == own["points_world_m"]
 
+    # The first expert's laser reaches the second, whose overlay shows it: the
+    # page's lists and text are not rebuilt for it (lasers come 20 a second).
+    rebuilds = second.evaluate("() => window.goldenhour.listRebuilds")
+    first.click("button[data-tool=laser]")
+    drag(first, css_point(first, sternum - 0.03), css_point(first, sternum + 0.03), steps=20)
+    second.wait_for_function("() => window.goldenhour.telestration.lasers.size === 1")
+    assert second.evaluate("() => window.goldenhour.listRebuilds") == rebuilds
+    assert second.locator("#annotation-list li").count() == 1
+
 
 def test_freeze_frame_annotation_anchors_against_the_frozen_frame(
         room, open_page, loop_peers, scene_map) -> None:

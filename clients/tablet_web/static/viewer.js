@@ -113,7 +113,6 @@ function render() {
       `link ${q.level}: ${q.bitrateKbps.toFixed(0)} kbit/s · ` +
       `RTT ${q.rttMs === null ? "?" : q.rttMs.toFixed(0)} ms · loss ${q.lossPercent.toFixed(1)}%`;
   }
-  renderAnnotationList();
   const code = state.lastFrameCode;
   if (code) {
     const delayMs = (Date.now() % 2 ** 32 - code.captureMs + 2 ** 32) % 2 ** 32;
@@ -500,10 +499,10 @@ async function microphone() {
 let subscribeChain = Promise.resolve();
 
 function onSignalingMessage(signaling, message) {
-  if (state.telestration?.onMessage(message)) {
-    render();
-    return;
-  }
+  // Telestration redraws its overlay, and asks for the annotation list to be
+  // rebuilt only when annotations come or go: visibility (on each change) and
+  // lasers (up to 20 a second) must not rebuild the page's lists and text.
+  if (state.telestration?.onMessage(message)) return;
   switch (message.type) {
     case "subscribe_offer":
       subscribeChain = subscribeChain.then(() => answerSubscribeOffer(signaling, message))
@@ -549,7 +548,7 @@ function startTelestration(signaling) {
     send: (message) => signaling.send(message),
     currentTrack: () => shownVideo?.info,
     poseFor,
-    onChange: render,
+    onChange: renderAnnotationList,
     askText: async () => $("label-text").value || "label",
   }, canvas);
   if (role === "observer") {
@@ -587,6 +586,7 @@ function startTelestration(signaling) {
 function renderAnnotationList() {
   const list = $("annotation-list");
   if (!list || !state.telestration) return;
+  state.listRebuilds = (state.listRebuilds ?? 0) + 1;
   list.replaceChildren(...[...state.telestration.annotations.values()].map((a) => {
     const item = document.createElement("li");
     item.style.borderLeft = `6px solid ${a.color}`;
