@@ -53,8 +53,8 @@ def slow_model(matmuls: int = 12, side: int = 16) -> bytes:
     return model.SerializeToString()
 
 
-def load_slow(tmp_path: Path):
-    data = slow_model()
+def load_slow(tmp_path: Path, matmuls: int = 12):
+    data = slow_model(matmuls)
     (tmp_path / "slow.onnx").write_bytes(data)
     (tmp_path / "slow.card.json").write_text(json.dumps(tiny_card("slow", data)))
     registry = ModelRegistry.load(tmp_path)
@@ -63,7 +63,9 @@ def load_slow(tmp_path: Path):
 
 
 async def test_inference_runs_off_the_event_loop(tmp_path: Path):
-    model = load_slow(tmp_path)
+    # Twice the usual chain: 12 products took 27-40 ms here, too close to the
+    # 30 ms this test needs to tell a stalled loop from a ticking one.
+    model = load_slow(tmp_path, matmuls=24)
     frame = np.full((64, 64), 128, np.uint8)
     started = time.perf_counter()
     model.run(np.zeros((1, 1, 16, 16), np.float32))
