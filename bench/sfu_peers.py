@@ -161,7 +161,6 @@ class PreEncodedCamera(BenchCamera):
         self._keyframe_wanted = False
         #: frame_id -> the clip frame sent as that frame
         self.clip_index = array("i")
-        self.keyframes_sent = 0
 
     def request_keyframe(self) -> None:
         self._keyframe_wanted = True
@@ -176,18 +175,10 @@ class PreEncodedCamera(BenchCamera):
             self._chain = self._index = 0
         else:
             self._index = following
-        if self._index == self._chain:
-            self.keyframes_sent += 1
         packet = av.Packet(self._clip.frame(self._chain, self._index))
-        pts = frame_id * (VIDEO_CLOCK_RATE // self.fps)
-        packet.pts = pts
+        packet.pts, _ = self._capture(frame_id)
         packet.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
-        capture_s = time.time()
-        self._on_capture(frame_id, capture_s)
         self.clip_index.append(self._index)
-        self.captured[pts] = (frame_id, int(capture_s * 1000), frame_id / self.fps)
-        if len(self.captured) > 300:
-            del self.captured[next(iter(self.captured))]
         return packet
 
 
@@ -299,8 +290,7 @@ class Publisher:
         report = await sender.getStats()
         sent = sum(s.bytesSent for s in report.values() if s.type == "outbound-rtp")
         return {"t_ms": time.time() * 1000, "frames": self.camera.frame_count,
-                "bytes_sent": sent,
-                "keyframes_sent": getattr(self.camera, "keyframes_sent", None)}
+                "bytes_sent": sent}
 
     def _log(self, t0_s: float, t1_s: float) -> dict:
         """Frames captured in [t0, t1): all of them (by frame id) and those sent."""

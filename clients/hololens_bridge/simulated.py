@@ -116,26 +116,32 @@ class SyntheticCameraTrack(PacedVideoTrack):
         """Called with each frame's capture time (Unix seconds) as it is taken;
         the painted code keeps only whole milliseconds. For subclasses."""
 
+    def _capture(self, frame_id: int) -> tuple[int, int]:
+        """Take frame `frame_id` now: its pts (90 kHz) and capture time (whole
+        Unix ms), kept for frame_of_rtp."""
+        capture_s = time.time()
+        self._on_capture(frame_id, capture_s)
+        capture_ms = int(capture_s * 1000)
+        pts = frame_id * (VIDEO_CLOCK_RATE // self.fps)
+        self.captured[pts] = (frame_id, capture_ms, frame_id / self.fps)
+        if len(self.captured) > 300:
+            del self.captured[next(iter(self.captured))]
+        return pts, capture_ms
+
     async def recv(self) -> av.VideoFrame:
         frame_id = await self._next_frame_id()
         t = frame_id / self.fps
         dx = int((0.5 + 0.5 * math.sin(0.7 * t)) * self.width)
         dy = int((0.5 + 0.5 * math.cos(0.5 * t)) * self.height)
         luma = self._texture[dy:dy + self.height, dx:dx + self.width].copy()
-        capture_s = time.time()
-        self._on_capture(frame_id, capture_s)
-        capture_ms = int(capture_s * 1000)
+        pts, capture_ms = self._capture(frame_id)
         framecode.paint(luma, frame_id, capture_ms)
         u = self._chroma
         v = np.full_like(u, 128 + int(40 * math.sin(t)))
         yuv = np.concatenate([luma, u.reshape(-1, self.width), v.reshape(-1, self.width)])
         frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-        pts = frame_id * (VIDEO_CLOCK_RATE // self.fps)
         frame.pts = pts
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_RATE)
-        self.captured[pts] = (frame_id, capture_ms, t)
-        if len(self.captured) > 300:
-            del self.captured[next(iter(self.captured))]
         return frame
 
 
