@@ -264,12 +264,9 @@ export class Telestration {
       this.annotations.set(reply.annotation_id, reply);
       this.#undo.push({ annotation_id: reply.annotation_id, request });
       this.#redo = [];
-      const repliedMs = performance.now();
-      this.roundTrips.push(repliedMs - sentMs);
-      // Wall-clock ends of the same round trip, to set beside the server's log.
       this.roundTripEnds.push({ annotation_id: reply.annotation_id,
                                 sent_ms: performance.timeOrigin + sentMs,
-                                replied_ms: performance.timeOrigin + repliedMs });
+                                replied_ms: performance.timeOrigin + performance.now() });
       return reply;
     } catch (error) {
       this.errors.push(String(error.message ?? error));
@@ -281,8 +278,14 @@ export class Telestration {
     }
   }
 
-  roundTrips = [];
+  /** Wall-clock ends (ms) of each drawing's round trip: bench/annotation_roundtrip.py
+   * sets them beside the server's log. */
   roundTripEnds = [];
+
+  /** Pointer-up to anchored reply, per drawing (ms). */
+  get roundTrips() {
+    return this.roundTripEnds.map((end) => end.replied_ms - end.sent_ms);
+  }
 
   /** Choose the image to share; the next click on the picture hangs it there. */
   async chooseImage(file, title) {
