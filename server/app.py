@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket
 
 import server
 from server.config import Config
+from server.gc_pauses import GcPauses, freeze_startup_heap
 from server.inference.live import LiveInference
 from server.inference.registry import ModelRegistry
 from server.rooms.room import RoomRegistry
@@ -50,13 +51,21 @@ def create_app(config: Config) -> Starlette:
     inference = LiveInference(ModelRegistry.from_env())
     registry = RoomRegistry(config, inference)
     started = time.time()
+    gc_pauses = GcPauses()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
-        # Close every peer connection, or shutdown (and test teardown) hangs.
-        await registry.close()
-        await inference.close()
+        # Everything loaded so far lives as long as the server: out of the
+        # collector's way (server/gc_pauses.py).
+        freeze_startup_heap()
+        gc_pauses.install()
+        try:
+            yield
+        finally:
+            gc_pauses.remove()
+            # Close every peer connection, or shutdown (and test teardown) hangs.
+            await registry.close()
+            await inference.close()
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({
@@ -64,6 +73,7 @@ def create_app(config: Config) -> Starlette:
             "uptime_s": round(time.time() - started, 1),
             "rooms": len(registry.rooms),
             "peers": sum(len(r.peers) for r in registry.rooms),
+            "gc": gc_pauses.summary(),
         })
 
     async def rooms(request: Request) -> JSONResponse:
