@@ -37,7 +37,7 @@ def picture_box(page) -> dict:
     letterboxed, the way telestration.js maps pointer positions."""
     return page.evaluate("""() => {
         const v = document.getElementById('video');
-        const c = document.getElementById('annotations').getBoundingClientRect();
+        const c = document.getElementById('draw-input').getBoundingClientRect();
         const scale = Math.min(v.clientWidth / v.videoWidth, v.clientHeight / v.videoHeight);
         const w = v.videoWidth * scale, h = v.videoHeight * scale;
         return {x: c.left + (v.clientWidth - w) / 2, y: c.top + (v.clientHeight - h) / 2, w, h};
@@ -156,6 +156,21 @@ def test_arrow_drawn_in_the_browser_lands_on_the_patient_and_stays_there(
     drawn_tip = np.array(projection["shapes"][annotation["annotation_id"]][-1])
     expected_tip, _ = project(truth[None, :], T2, camera.intrinsics)
     assert np.linalg.norm(drawn_tip - expected_tip[0]) <= 3.0
+    # The drawings' canvas covers the arrow, not the picture: the compositor
+    # blends it over every video frame.
+    overlay = page.evaluate("""() => {
+        const i = document.getElementById('draw-input').getBoundingClientRect();
+        const c = document.getElementById('annotations').getBoundingClientRect();
+        const v = document.getElementById('video');
+        return {x: c.left - i.left, y: c.top - i.top, w: c.width, h: c.height, left: i.left, top: i.top,
+                area: v.clientWidth * v.clientHeight, box: window.goldenhour.telestration.overlayBox};
+    }""")
+    assert overlay["box"] == {"x": overlay["x"], "y": overlay["y"], "width": overlay["w"], "height": overlay["h"]}
+    assert overlay["w"] * overlay["h"] < overlay["area"] / 4
+    tip_x, tip_y = css_point(page, ((drawn_tip[0] + 0.5) / camera.intrinsics.width,
+                                    (drawn_tip[1] + 0.5) / camera.intrinsics.height))
+    assert overlay["x"] + 3 <= tip_x - overlay["left"] <= overlay["x"] + overlay["w"] - 3
+    assert overlay["y"] + 3 <= tip_y - overlay["top"] <= overlay["y"] + overlay["h"] - 3
     # Every displayed frame's painted frame number matches the frame its pose names.
     state = page.evaluate("() => ({matched: window.goldenhour.posesMatched, wrong: window.goldenhour.poseMismatches})")
     assert state["matched"] > 0 and state["wrong"] == []

@@ -50,12 +50,14 @@ export const normFromPx = (u, v, intrinsics) => [(u + 0.5) / intrinsics.width, (
 export const pxFromNorm = (un, vn, intrinsics) => [un * intrinsics.width - 0.5, vn * intrinsics.height - 0.5];
 
 // The part of a <video> element that shows the picture (object-fit: contain):
-// {x, y, width, height} in CSS pixels relative to the element.
-export function contentRect(video) {
+// {x, y, width, height} in CSS pixels relative to the element. `size` is the
+// element's box ({width, height}) when the caller knows it (reading
+// clientWidth after a style change forces a layout).
+export function contentRect(video, size = null) {
   const vw = video.videoWidth || 1;
   const vh = video.videoHeight || 1;
-  const ew = video.clientWidth;
-  const eh = video.clientHeight;
+  const ew = size ? size.width : video.clientWidth;
+  const eh = size ? size.height : video.clientHeight;
   const scale = Math.min(ew / vw, eh / vh);
   const width = vw * scale;
   const height = vh * scale;

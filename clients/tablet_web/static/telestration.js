@@ -4,9 +4,14 @@
 // anchored annotation with that frame's own pose, so drawings stay on the
 // patient while the camera moves.
 //
-// Input is pointer events (mouse, touch and pen alike). Coordinates sent are
-// normalised to the picture (0..1 from its top-left corner), whatever the
-// element's size or letterboxing.
+// Input is pointer events (mouse, touch and pen alike), taken by a transparent
+// layer over the video. Coordinates sent are normalised to the picture (0..1
+// from its top-left corner), whatever the element's size or letterboxing.
+//
+// The canvas that shows the drawings covers only what is drawn, not the
+// picture: without a GPU, a browser's compositor blends every pixel of an
+// overlay over each new video frame, and a full-size one cost 0.13 of a core
+// here (bench/annotation_roundtrip.py) for a few small marks.
 
 import { contentRect, projectPoints } from "./geometry.js";
 
@@ -28,7 +33,10 @@ const UNITS = { mm: "mm", "mm²": "mm²", deg: "°" };
 export class Telestration {
   #api;
   #canvas;
+  #input;
   #ctx;
+  #extent = null; // the canvas's place over the input layer: {x, y, width, height}
+  #videoSize = null; // the video element's box, as the last layout left it
   #tool = "pen";
   #draft = null; // {tool, points: [[u, v]], rtp, producerId}
   #frozen = null; // {rtp, bitmap}
@@ -45,10 +53,13 @@ export class Telestration {
    *       currentTrack() -> {producer_id, rtp_timestamp_offset} | undefined,
    *       poseFor(publisherRtp) -> pose | undefined, selfId() -> peer id,
    *       onChange()}
+   * canvas shows the drawings; input (a transparent element over the video,
+   * the canvas's positioned parent's size) takes the pointer.
    */
-  constructor(api, canvas) {
+  constructor(api, canvas, input) {
     this.#api = api;
     this.#canvas = canvas;
+    this.#input = input;
     this.#ctx = canvas.getContext("2d");
     this.annotations = new Map(); // annotation_id -> annotation message
     this.hidden = new Map(); // annotation_id -> Set of point indices the camera cannot see
@@ -57,11 +68,21 @@ export class Telestration {
     this.lastProjection = { rtpTimestamp: null, poseFrameId: null, pose: null, shapes: {} };
     this.errors = [];
     this.pending = 0;
-    canvas.addEventListener("pointerdown", (e) => this.#down(e));
-    canvas.addEventListener("pointermove", (e) => this.#move(e));
-    canvas.addEventListener("pointerup", (e) => this.#up(e));
-    canvas.addEventListener("pointercancel", () => { this.#draft = null; });
-    canvas.addEventListener("dblclick", (e) => this.#finishPolyline(e));
+    input.addEventListener("pointerdown", (e) => this.#down(e));
+    input.addEventListener("pointermove", (e) => this.#move(e));
+    input.addEventListener("pointerup", (e) => this.#up(e));
+    input.addEventListener("pointercancel", () => { this.#draft = null; });
+    input.addEventListener("dblclick", (e) => this.#finishPolyline(e));
+    // The video's box, from layout as it happens: each video frame and pointer
+    // move needs it, and reading clientWidth there forced a layout whenever the
+    // page had changed since (the drawings' canvas moves with what is drawn).
+    new ResizeObserver(([entry]) => {
+      const box = entry.borderBoxSize?.[0];
+      // (Rounded, as clientWidth is: the same mapping as before, to the pixel.)
+      this.#videoSize = box ? { width: Math.round(box.inlineSize), height: Math.round(box.blockSize) }
+                            : { width: entry.target.clientWidth, height: entry.target.clientHeight };
+      this.#requestDraw();
+    }).observe(api.video);
     this.#scheduleFrame();
   }
 
@@ -165,8 +186,8 @@ export class Telestration {
 
   #picturePoint(event) {
     const video = this.#api.video;
-    const rect = contentRect(video);
-    const box = this.#canvas.getBoundingClientRect();
+    const rect = contentRect(video, this.#videoBox());
+    const box = this.#input.getBoundingClientRect();
     const x = event.clientX - box.left - rect.x;
     const y = event.clientY - box.top - rect.y;
     return [Math.min(1, Math.max(0, x / rect.width)), Math.min(1, Math.max(0, y / rect.height))];
@@ -184,7 +205,7 @@ export class Telestration {
     if (event.button !== undefined && event.button > 0) return;
     const frame = this.#drawnFrame();
     if (!frame) return;
-    this.#canvas.setPointerCapture?.(event.pointerId);
+    this.#input.setPointerCapture?.(event.pointerId);
     const point = this.#picturePoint(event);
     if (this.#tool === "image") {
       this.#placeImage(point, frame).catch((error) => this.errors.push(String(error.message ?? error)));
@@ -352,7 +373,8 @@ export class Telestration {
     }
     const video = this.#api.video;
     const pose = (this.#frozen ?? this.#lastFrame)?.pose;
-    return JSON.stringify([video.clientWidth, video.clientHeight, video.videoWidth, video.videoHeight,
+    const size = this.#videoBox();
+    return JSON.stringify([size.width, size.height, video.videoWidth, video.videoHeight,
                            this.#frozen?.rtpPublisher ?? null,
                            pose ? [pose.T_world_camera, pose.intrinsics] : null]);
   }
@@ -390,49 +412,142 @@ export class Telestration {
 
   #draw() {
     this.#drawQueued = false;
-    const canvas = this.#canvas;
     const video = this.#api.video;
-    if (canvas.width !== video.clientWidth || canvas.height !== video.clientHeight) {
-      canvas.width = video.clientWidth;
-      canvas.height = video.clientHeight;
-    }
-    const ctx = this.#ctx;
-    ctx.clearRect(0, 0, canvas.width, canvas.height);
     const frame = this.#frozen ?? this.#lastFrame;
-    const rect = contentRect(video);
+    const rect = contentRect(video, this.#videoBox());
     const pose = frame?.pose;
     const shapes = {};
+    const marks = []; // (ctx) => draws one annotation, laser dot or the draft
     if (pose) {
       const scale = rect.width / pose.intrinsics.width;
       for (const annotation of this.annotations.values()) {
         const projected = projectPoints(annotation.points_world_m, pose.T_world_camera, pose.intrinsics);
         shapes[annotation.annotation_id] = projected.map((p) => [p.u, p.v]);
-        drawAnnotation(ctx, annotation, projected, rect, scale, pose.intrinsics,
-                       this.hidden.get(annotation.annotation_id));
+        const hidden = this.hidden.get(annotation.annotation_id);
+        marks.push((ctx) => drawAnnotation(ctx, annotation, projected, rect, scale, pose.intrinsics, hidden));
       }
       const now = performance.now();
       for (const [author, laser] of this.lasers) {
         if (laser.until < now) { this.lasers.delete(author); continue; }
         const [p] = projectPoints([laser.point_world_m], pose.T_world_camera, pose.intrinsics);
         if (!p.inFront) continue;
-        ctx.fillStyle = laser.color;
-        ctx.beginPath();
-        ctx.arc(rect.x + (p.u + 0.5) * scale, rect.y + (p.v + 0.5) * scale, 7, 0, 2 * Math.PI);
-        ctx.fill();
+        marks.push((ctx) => {
+          ctx.fillStyle = laser.color;
+          ctx.beginPath();
+          ctx.arc(rect.x + (p.u + 0.5) * scale, rect.y + (p.v + 0.5) * scale, 7, 0, 2 * Math.PI);
+          ctx.fill();
+        });
       }
     }
     this.lastProjection = { rtpTimestamp: frame?.rtpPublisher ?? null,
                             poseFrameId: pose?.frame_id ?? null, pose: pose ?? null, shapes };
-    if (this.#draft && this.#draft.points) drawDraft(ctx, this.#draft, rect);
-    // An empty overlay still costs the compositor a full-size blend on every
-    // video frame (without a GPU, 0.13 core here); at opacity 0 it is skipped,
-    // and it still takes the pointer.
-    const empty = !this.annotations.size && !this.lasers.size && !this.#draft?.points;
+    const draft = this.#draft;
+    if (draft?.points) marks.push((ctx) => drawDraft(ctx, draft, rect));
+    // First where the marks fall, then a canvas just that big, placed there.
+    const extent = new Extent(this.#ctx);
+    for (const mark of marks) mark(extent);
+    const size = this.#videoBox();
+    const box = extent.box(size.width, size.height);
+    this.#place(box);
+    if (box) {
+      const ctx = this.#ctx;
+      ctx.setTransform(1, 0, 0, 1, 0, 0);
+      ctx.clearRect(0, 0, box.width, box.height);
+      ctx.translate(-box.x, -box.y);
+      for (const mark of marks) mark(ctx);
+    }
+    this.#drawnKey = this.#frameKey();
+  }
+
+  #videoBox() {
+    const video = this.#api.video;
+    return this.#videoSize ?? { width: video.clientWidth, height: video.clientHeight };
+  }
+
+  /** Put the canvas over `box` (CSS px from the input layer's corner), or hide it. */
+  #place(box) {
+    const canvas = this.#canvas;
+    // Nothing to show: at opacity 0 the compositor skips the layer.
+    const empty = box === null;
     if (this.#emptyShown !== empty) {
       canvas.style.opacity = empty ? "0" : "";
       this.#emptyShown = empty;
     }
-    this.#drawnKey = this.#frameKey();
+    if (empty) return;
+    const old = this.#extent;
+    if (old && old.x === box.x && old.y === box.y && old.width === box.width && old.height === box.height) return;
+    this.#extent = box;
+    if (canvas.width !== box.width || canvas.height !== box.height) {
+      canvas.width = box.width;
+      canvas.height = box.height;
+    }
+    canvas.style.left = `${box.x}px`;
+    canvas.style.top = `${box.y}px`;
+    canvas.style.width = `${box.width}px`;
+    canvas.style.height = `${box.height}px`;
+  }
+
+  /** Where the drawing canvas lies over the input layer now (CSS px), or null when hidden. */
+  get overlayBox() {
+    return this.#emptyShown ? null : this.#extent;
+  }
+}
+
+/**
+ * Stands in for a 2D context while the marks are laid out: it draws nothing and
+ * keeps the box every stroke, fill, text and picture touches (with the
+ * line width around it), so that the real canvas can be that big.
+ */
+class Extent {
+  strokeStyle = "";
+  fillStyle = "";
+  lineWidth = 1;
+  lineJoin = "";
+  lineCap = "";
+  font = "10px sans-serif";
+  #measure;
+  #x0 = Infinity; #y0 = Infinity; #x1 = -Infinity; #y1 = -Infinity;
+
+  constructor(measuringContext) { this.#measure = measuringContext; }
+
+  #add(x0, y0, x1, y1) {
+    const pad = this.lineWidth / 2 + 2;
+    if (!(Number.isFinite(x0) && Number.isFinite(y0) && Number.isFinite(x1) && Number.isFinite(y1))) return;
+    this.#x0 = Math.min(this.#x0, x0 - pad);
+    this.#y0 = Math.min(this.#y0, y0 - pad);
+    this.#x1 = Math.max(this.#x1, x1 + pad);
+    this.#y1 = Math.max(this.#y1, y1 + pad);
+  }
+
+  moveTo(x, y) { this.#add(x, y, x, y); }
+  lineTo(x, y) { this.#add(x, y, x, y); }
+  arc(x, y, r) { this.#add(x - r, y - r, x + r, y + r); }
+  strokeRect(x, y, w, h) { this.#add(x, y, x + w, y + h); }
+  drawImage(image, x, y, w, h) { this.#add(x, y, x + w, y + h); }
+  fillText(text, x, y) { this.strokeText(text, x, y); }
+  strokeText(text, x, y) {
+    this.#measure.font = this.font;
+    const m = this.#measure.measureText(text);
+    this.#add(x - (m.actualBoundingBoxLeft || 0), y - (m.actualBoundingBoxAscent || 20),
+              x + m.width + (m.actualBoundingBoxRight > m.width ? m.actualBoundingBoxRight - m.width : 0),
+              y + (m.actualBoundingBoxDescent || 6));
+  }
+  beginPath() {}
+  closePath() {}
+  stroke() {}
+  fill() {}
+  setLineDash() {}
+
+  /**
+   * On a grid of `step` CSS pixels inside 0..width x 0..height, or null if
+   * nothing is drawn there. The grid keeps the canvas's size and place while a
+   * pen stroke grows a pixel at a time: each change is a new backing store and
+   * a layout.
+   */
+  box(width, height, step = 32) {
+    const x0 = Math.max(0, Math.floor(this.#x0 / step) * step), y0 = Math.max(0, Math.floor(this.#y0 / step) * step);
+    const x1 = Math.min(width, Math.ceil(this.#x1 / step) * step), y1 = Math.min(height, Math.ceil(this.#y1 / step) * step);
+    return x1 > x0 && y1 > y0 ? { x: x0, y: y0, width: x1 - x0, height: y1 - y0 } : null;
   }
 }
 

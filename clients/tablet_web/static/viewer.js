@@ -550,10 +550,10 @@ function startTelestration(signaling) {
     poseFor,
     onChange: renderAnnotationList,
     askText: async () => $("label-text").value || "label",
-  }, canvas);
+  }, canvas, $("draw-input"));
   if (role === "observer") {
     $("tools").hidden = true;
-    canvas.style.pointerEvents = "none";
+    $("draw-input").style.pointerEvents = "none";
     return;
   }
   const toolbar = $("tool-buttons");
