@@ -178,6 +178,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--crew-nice", type=int, default=19,
                         help="niceness of the simulated crew process (default 19: lowest priority)")
+    parser.add_argument("--trace", type=Path, default=None,
+                        help="write a Chrome trace of the point drawings to this file")
     args = parser.parse_args()
     n = 15 if args.quick else 60
     from playwright.sync_api import sync_playwright
@@ -272,7 +274,13 @@ def main() -> int:
             pings_while_drawing.clear()
             cpu_before, wall_before = cpu_seconds(crew.pid), time.perf_counter()
             threads_before = browser_thread_seconds()
+            if args.trace:
+                browser.start_tracing(page=page, categories=[
+                    "devtools.timeline", "v8.gc", "toplevel", "blink", "cc", "viz", "media",
+                    "disabled-by-default-devtools.timeline", "v8"])
             results["point"] = summary(draw("point", n))
+            if args.trace:
+                args.trace.write_bytes(browser.stop_tracing())
             results["stroke_40"] = summary(draw("pen", n))
             wall = time.perf_counter() - wall_before
             cpu_after = cpu_seconds(crew.pid)
