@@ -132,6 +132,7 @@ async def test_one_failing_consumer_does_not_cost_the_others_the_packet():
 
     class Failing:
         waiting_for_keyframe = False
+        fast = False
         id = "failing"
 
         async def forward(self, packet, abs_send_time):
@@ -139,6 +140,7 @@ async def test_one_failing_consumer_does_not_cost_the_others_the_packet():
 
     class Healthy:
         waiting_for_keyframe = False
+        fast = False
         id = "healthy"
 
         def __init__(self) -> None:

@@ -12,14 +12,31 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from clients.hololens_bridge.simulated import ToneTrack
 from tests.conftest import World, frame_code, read_frame_codes
-from server.sfu import aiortc_seams
+from server.sfu import aiortc_seams, fastpath
 from server.sfu.producer import KEYFRAME_REQUEST_INTERVAL_S
 from server.sfu.keyframes import vp8_starts_keyframe
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True, params=["c", "python"])
+def fanout(request, monkeypatch) -> str:
+    """Every test here runs with the C fan-out (server/sfu/_fanout.c) and with
+    the Python path alone."""
+    if request.param == "c" and not fastpath.compiled():
+        pytest.fail("server/sfu/_fanout.c was not built (scripts/setup.sh installs gcc)")
+    monkeypatch.setenv("GOLDENHOUR_FANOUT", request.param)
+    return request.param
+
+
+def fast_consumers(world: World, room: str = "demo") -> int:
+    """How many consumers the C loop serves in `room`, over its producers."""
+    found = world.server.app.state.registry.get(room)
+    return sum(p.fast_consumers for p in found.router.producers) if found else 0
 
 
 def _advancing(codes: list) -> bool:
@@ -27,18 +44,20 @@ def _advancing(codes: list) -> bool:
     return all(b > a for a, b in zip(ids, ids[1:])) and ids[-1] - ids[0] >= len(ids) - 1
 
 
-async def test_three_subscribers_each_decode_frames_whose_counter_advances(world: World):
+async def test_three_subscribers_each_decode_frames_whose_counter_advances(world: World, fanout: str):
     await world.crew()
     experts = [await world.expert(f"expert{i}") for i in range(3)]
     tracks = [await e.wait_for_track("video") for e in experts]
     results = await asyncio.gather(*(read_frame_codes(t.track, 20) for t in tracks))
     for codes in results:
         assert _advancing(codes), [c.frame_id for c in codes]
+    # Past their first keyframe every video and audio copy is the C loop's.
+    assert fast_consumers(world) == (6 if fanout == "c" else 0)
     # All three watch the same live stream: their frame counters overlap.
     assert len(set.intersection(*(set(c.frame_id for c in codes) for codes in results))) > 5
 
 
-async def test_sender_reports_count_what_each_subscriber_was_sent(world: World):
+async def test_sender_reports_count_what_each_subscriber_was_sent(world: World, fanout: str):
     """The SFU hands its own packet and byte counts to aiortc's sender reports
     (once per frame, not per packet): a subscriber's remote-outbound statistics
     follow the packets it receives."""
@@ -65,6 +84,7 @@ async def test_sender_reports_count_what_each_subscriber_was_sent(world: World):
         await asyncio.sleep(0.1)
     # What it reports was sent; the subscriber has it (nothing is lost on loopback).
     assert reported <= received
+    assert fast_consumers(world) == (2 if fanout == "c" else 0)
     assert octets > 100 * reported  # payload bytes, VP8 frames of hundreds of bytes
 
 
@@ -251,7 +271,7 @@ async def test_keyframe_requests_from_subscribers_are_coalesced_upstream(world: 
     assert producer.keyframe_requests_sent - before >= len(during)
 
 
-async def test_packet_loss_to_one_subscriber_is_repaired_by_retransmission(world: World):
+async def test_packet_loss_to_one_subscriber_is_repaired_by_retransmission(world: World, fanout: str):
     await world.crew()
     lossy = await world.expert("lossy")
     clean = await world.expert("clean")
@@ -281,6 +301,8 @@ async def test_packet_loss_to_one_subscriber_is_repaired_by_retransmission(world
         read_frame_codes(lossy_remote.track, 60), read_frame_codes(clean_remote.track, 60))
     assert len(dropped) >= 3
     assert len(retransmitted) >= len(dropped) - 1
+    # With the C loop, the retransmitted packets came from its history.
+    assert fast_consumers(world) == (4 if fanout == "c" else 0)
     for codes in (lossy_codes, clean_codes):
         ids = [c.frame_id for c in codes]
         assert max(b - a for a, b in zip(ids, ids[1:])) == 1, ids

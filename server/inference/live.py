@@ -63,8 +63,11 @@ class UltrasoundTap:
     """A subscriber of the ultrasound producer that decodes and runs the model.
 
     It quacks like an SFU Consumer (id, waiting_for_keyframe, wants_keyframe,
-    forward, close), so the producer feeds it like any other subscriber.
+    forward, close), so the producer feeds it like any other subscriber (in
+    Python: it decodes, so the C fan-out has nothing to offer it).
     """
+
+    fast = False
 
     def __init__(self, producer: Producer, model: LoadedModel, runtime: InferenceRuntime,
                  on_result: Callable[[LiveResult], None]) -> None:

@@ -27,6 +27,8 @@ from aiortc.rtcdtlstransport import State as _DtlsState
 from aiortc.rtcrtpreceiver import TimestampMapper
 from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket
 
+from server.sfu.fastpath import DirectRoute
+
 SUPPORTED_AIORTC = "1.16.0"
 
 # --- ICE on loopback ----------------------------------------------------------
@@ -237,6 +239,13 @@ class RtpInjector:
         self._on_keyframe_request: Callable[[], None] = _nothing
         self._on_ready: Callable[[], None] = _nothing
         self._hold = HoldTrack(sender.kind)
+        #: Bumped whenever negotiation changes the header we write.
+        self._config_version = 0
+        #: While the C loop sends for this sender: its counters and clear
+        #: packets (server/sfu/fastpath.py), and our counters when it started.
+        self._fast: Any = None
+        self._fast_key = 0
+        self._fast_base = (0, 0)
         sender.replaceTrack(self._hold)
         # A subscriber's PLI/FIR reaches the sender's `_send_keyframe`, which
         # would only flag its (unused) encoder: route it to the SFU instead.
@@ -254,9 +263,13 @@ class RtpInjector:
                 self._on_ready()
 
         async def retransmit(sequence_number: int) -> None:
-            data = self._history.get(sequence_number % RTP_HISTORY_SIZE)
+            data = None
+            if self._fast is not None:
+                data = self._fast.history(self._fast_key, sequence_number)
             if data is None:
-                return
+                data = self._history.get(sequence_number % RTP_HISTORY_SIZE)
+                if data is None or int.from_bytes(data[2:4], "big") != sequence_number:
+                    return
             packet = RtpPacket.parse(data, self._extensions_map)
             self._aiortc_history[sequence_number % RTP_HISTORY_SIZE] = packet
             await original_retransmit(sequence_number)
@@ -282,6 +295,7 @@ class RtpInjector:
         self._hold.stop()
 
     def _configure(self, parameters: Any) -> None:
+        self._config_version += 1
         self.payload_type = parameters.codecs[0].payloadType
         ids = {ext.uri: ext.id for ext in parameters.headerExtensions if 1 <= ext.id <= 14}
         mid = (parameters.muxId or "").encode()
@@ -329,6 +343,57 @@ class RtpInjector:
     @property
     def ssrc(self) -> int:
         return self._sender._ssrc
+
+    # --- the C loop (server/sfu/fastpath.py) ----------------------------------
+
+    def direct_route(self) -> DirectRoute | None:
+        """What the C loop needs to send this sender's packets itself: the
+        nominated pair's socket and address, the transport's SRTP session, the
+        header. None while there is no plain direct path."""
+        dtls = self._transport
+        if dtls._state is not _DTLS_CONNECTED or not self._started.is_set() or self.payload_type is None:
+            return None
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None or pair.protocol.transport is None:
+            return None
+        sock = pair.protocol.transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        return DirectRoute(session=dtls._tx_srtp, fd=sock.fileno(), host=pair.remote_addr[0],
+                           port=pair.remote_addr[1], ssrc=self._sender._ssrc,
+                           payload_type=self.payload_type, ext_prefix=self._ext_prefix,
+                           abs_send_time=self._with_ast, level_id=self._level_id,
+                           pair=pair, config_version=self._config_version)
+
+    def route_holds(self, route: DirectRoute) -> bool:
+        """Whether the C loop may go on sending on `route`."""
+        dtls = self._transport
+        return (dtls._state is _DTLS_CONNECTED and dtls._tx_srtp is route.session
+                and dtls.transport._connection._nominated.get(1) is route.pair
+                and self._config_version == route.config_version)
+
+    def begin_fast(self, fast: Any, key: int) -> None:
+        """The C loop sends from now on (its table under `key`)."""
+        self._fast, self._fast_key = fast, key
+        self._fast_base = (self._packets, self._octets)
+
+    def sync_fast(self, counters: dict[str, Any] | None) -> None:
+        """Take over what the C loop sent: sequence numbers, timestamps and the
+        sender report's counters."""
+        if not counters or not counters["sent_any"]:
+            return
+        self._packets = self._fast_base[0] + counters["packets"]
+        self._octets = self._fast_base[1] + counters["octets"]
+        self.next_seq = (counters["last_seq"] + 1) & 0xFFFF
+        self.last_timestamp = counters["last_timestamp"]
+        self._report_counters(counters["last_timestamp"])
+
+    def end_fast(self, counters: dict[str, Any] | None, kept: dict[int, bytes]) -> None:
+        """Python sends again; the packets the C loop still kept stay retransmittable."""
+        self.sync_fast(counters)
+        for seq, data in kept.items():
+            self._history[seq % RTP_HISTORY_SIZE] = data
+        self._fast = None
 
     def send(self, source: RtpPacket, sequence_number: int, timestamp: int,
              abs_send_time: bytes) -> Coroutine[Any, Any, None] | None:

@@ -13,6 +13,7 @@ from aiortc.rtp import RtpPacket
 from server.sfu.aiortc_seams import RtpInjector
 
 if TYPE_CHECKING:
+    from server.sfu.fastpath import FastFanout
     from server.sfu.producer import Producer
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,12 @@ class Consumer:
         self._start_ext = 0
         self._highest_ext = 0
         self._closed = False
+        #: Sent by the producer's C loop (server/sfu/fastpath.py), not forward().
+        self.fast = False
+        self._route = None
+        self._fast_base = 0
+        #: The producer's extended sequence numbers minus ours, while fast.
+        self._ext_shift = 0
         producer.add_consumer(self)
         injector.attach(self._on_subscriber_keyframe_request, self._on_ready)
 
@@ -108,6 +115,52 @@ class Consumer:
             self._send_failed()
             return
         self.packets_out += 1
+
+    # --- the C loop ------------------------------------------------------------
+
+    def enter_fast(self, fast: FastFanout, producer_ext: int) -> bool:
+        """Hand this consumer's copies to the C loop, from the packet after the
+        one the producer numbered `producer_ext` (which this consumer was sent).
+        False when it cannot take them: waiting for a keyframe, no direct path."""
+        if self.fast or self.waiting_for_keyframe or self._closed:
+            return False
+        route = self._injector.direct_route()
+        if route is None:
+            return False
+        # Both count the same packets; ours started from the raw number.
+        shift = producer_ext - self._highest_ext
+        try:
+            fast.admit(id(self), route, self._seq_offset, self.timestamp_offset, self._start_ext + shift)
+        except (OSError, ValueError) as exc:
+            log.warning("the C loop cannot take a consumer; it stays in Python",
+                        extra={"consumer": self.id, "error": repr(exc)})
+            return False
+        self._injector.begin_fast(fast, id(self))
+        self.fast, self._route, self._ext_shift = True, route, shift
+        self._fast_base = self.packets_out
+        return True
+
+    def tend_fast(self, fast: FastFanout, producer_ext: int) -> None:
+        """Once a frame: hand the C loop's counters to RTCP, or take the
+        consumer back to Python if its path changed."""
+        if self._route is not None and self._injector.route_holds(self._route):
+            counters = fast.counters(id(self))
+            self._injector.sync_fast(counters)
+            if counters:
+                self.packets_out = self._fast_base + counters["packets"]
+            return
+        self.leave_fast(fast, producer_ext)
+
+    def leave_fast(self, fast: FastFanout, producer_ext: int) -> None:
+        """Back to forward(), which takes it from the next packet on."""
+        if not self.fast:
+            return
+        counters, kept = fast.release(id(self))
+        self._injector.end_fast(counters, kept)
+        if counters:
+            self.packets_out = self._fast_base + counters["packets"]
+        self._highest_ext = max(self._highest_ext, producer_ext - self._ext_shift)
+        self.fast, self._route = False, None
 
     def _send_failed(self) -> None:
         """Transport gone, or SRTP refused the packet: this subscriber starts over

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from aiortc import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
-from server.sfu import aiortc_seams
+from server.sfu import aiortc_seams, fastpath
 from server.sfu.keyframes import keyframe_detector
 
 if TYPE_CHECKING:
@@ -64,6 +64,10 @@ class Producer:
         self._closed = False
         self._requests: set[asyncio.Task] = set()
         self._loop = asyncio.get_event_loop()
+        #: The C loop for steady consumers (None: every copy in Python).
+        self._fast = fastpath.FastFanout() if fastpath.enabled() else None
+        #: The sequence number of the newest packet, extended past 16 bits.
+        self._highest_ext: int | None = None
         aiortc_seams.tap_receiver(receiver, self._on_packet)
         if kind == "video":
             aiortc_seams.throttle_remb(receiver)
@@ -82,6 +86,23 @@ class Producer:
     def remove_consumer(self, consumer: Consumer) -> None:
         if consumer in self._consumers:
             self._consumers.remove(consumer)
+        if getattr(consumer, "fast", False) and self._fast is not None:
+            consumer.leave_fast(self._fast, self._highest_ext or 0)
+
+    @property
+    def fast_consumers(self) -> int:
+        """How many consumers the C loop sends to now."""
+        return len(self._fast) if self._fast is not None else 0
+
+    def _extend(self, seq: int) -> int:
+        highest = self._highest_ext
+        if highest is None:
+            self._highest_ext = seq
+            return seq
+        ext = highest + ((seq - highest + 0x8000) & 0xFFFF) - 0x8000
+        if ext > highest:
+            self._highest_ext = ext
+        return ext
 
     async def _on_packet(self, packet: RtpPacket) -> None:
         arrived = time.perf_counter()
@@ -90,12 +111,18 @@ class Producer:
         self.packets_in += 1
         if self.packets_in == 1:
             self.flowing.set()
+        ext = self._extend(packet.sequence_number)
         consumers = self._consumers
         if not consumers or self._closed:
             return
         is_key = None
         abs_send_time = aiortc_seams.abs_send_time_now()
+        fast = self._fast
+        if fast is not None and len(fast):
+            fast.send(packet, ext, abs_send_time)
         for consumer in consumers:
+            if consumer.fast:
+                continue
             if consumer.waiting_for_keyframe:
                 if is_key is None:
                     is_key = self._is_keyframe_start(packet.payload)
@@ -113,6 +140,16 @@ class Producer:
                                   extra={"producer": self.id, "consumer": consumer.id,
                                          "errors": self.forwarding_errors})
         self.forwarding_delays_s.append(time.perf_counter() - arrived)
+        # Once a video frame (about every 8th audio packet): the C loop's
+        # members are checked and their counters handed over; consumers that
+        # became steady join it. The packet just sent is the last they got
+        # from Python.
+        if fast is not None and (packet.marker or not self.packets_in & 7) and ext == self._highest_ext:
+            for consumer in consumers:
+                if consumer.fast:
+                    consumer.tend_fast(fast, ext)
+                elif hasattr(consumer, "enter_fast"):
+                    consumer.enter_fast(fast, ext)
 
     def clock(self) -> float:
         return self._loop.time()
