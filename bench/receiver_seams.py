@@ -1,4 +1,5 @@
-"""Two hooks on aiortc's RTCRtpReceiver that only the benchmark's subscribers need.
+"""Hooks on aiortc's RTCRtpReceiver (and one on aioice) that only the benchmark's
+subscribers need.
 
 They touch the same private, name-mangled attributes of aiortc 1.16.0 as
 server/sfu/aiortc_seams.py (which has the server's hooks and the tests that
@@ -8,8 +9,10 @@ there, with a test each, is the better home if anything else ever does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
+import aioice.ice
 from aiortc import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
@@ -46,3 +49,34 @@ def stop_remb(receiver: RTCRtpReceiver) -> None:
     nothing else. Receiver reports and NACKs are unaffected.
     """
     receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
+
+
+#: (SSRC, sequence number) -> time.time() when this process read the datagram.
+arrivals: dict[tuple[int, int], float] = {}
+_ARRIVALS_MAX = 200_000
+
+
+def record_datagram_arrivals() -> None:
+    """Note when each SRTP datagram is read from its socket, by its clear header.
+
+    An aiortc peer parses and decrypts every packet in Python before anything
+    sees it (about 90 us here); a process that hosts several subscribers then
+    hands the last one its packets several ms after they arrived, a queue of
+    the load generator's own. The time the event loop read the datagram (an
+    SRTP packet's header is not encrypted) is when it arrived at this
+    subscriber. Process-wide: aioice's protocol class is wrapped once.
+    """
+    if getattr(aioice.ice.StunProtocol, "_bench_arrivals", False):
+        return
+    original = aioice.ice.StunProtocol.datagram_received
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        # RTP (RFC 7983: first byte 128-191), not RTCP (payload types 192-223).
+        if len(data) >= 12 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
+            if len(arrivals) > _ARRIVALS_MAX:
+                arrivals.clear()
+            arrivals[(int.from_bytes(data[8:12], "big"), int.from_bytes(data[2:4], "big"))] = time.time()
+        original(self, data, addr)
+
+    aioice.ice.StunProtocol.datagram_received = datagram_received
+    aioice.ice.StunProtocol._bench_arrivals = True

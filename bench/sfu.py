@@ -34,10 +34,12 @@ What can bias the figures (points where it does are flagged in the output):
   about 85% busy). A frame's work arrives in one burst on every process at
   once, so queueing for a core adds to the latencies (the direct call,
   measured next to each N, has less of it).
-- RTP-only subscribers time a packet when aiortc hands it over in their
-  process, not when the kernel received it; their processing queue (about
-  90 us a packet, one frame's packets for 7-8 subscribers per process) is in
-  the figure. The decoding subscriber, alone in its process, shows how much.
+- Subscribers time a packet when their process reads its datagram (by the
+  clear RTP header: bench/receiver_seams.record_datagram_arrivals), not when
+  the kernel received it. Until 2026-11-26 11:40 they timed it when aiortc
+  handed it over, after its Python (about 90 us a packet, one frame's
+  packets for 7-8 subscribers per process); that queue is the load
+  generator's, and the report prints it separately.
 - Network-level g2g stops when the frame is complete at the subscriber; a
   browser then waits in its jitter buffer and decodes. The decoding
   subscriber's figure includes aiortc's (one frame interval) and decoding.
@@ -81,9 +83,14 @@ REPO = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 REPLY_PREFIX = "@@"
 
-SYSTEMS = ("direct", "goldenhour", "relay")
-SYSTEM_LABELS = {"goldenhour": "GoldenHour SFU", "relay": "aiortc MediaRelay",
-                 "direct": "direct call"}
+SYSTEMS = ("direct", "goldenhour", "goldenhour-python", "relay")
+#: The servers measured (the direct call is the reference for each N).
+SERVER_SYSTEMS = ("goldenhour", "goldenhour-python", "relay")
+SYSTEM_LABELS = {"goldenhour": "GoldenHour SFU", "goldenhour-python": "GoldenHour, Python fan-out",
+                 "relay": "aiortc MediaRelay", "direct": "direct call"}
+#: Extra environment of each server: the same GoldenHour server with its C
+#: fan-out loop turned off is the baseline of that loop, in the same run.
+SERVER_ENV = {"goldenhour-python": {"GOLDENHOUR_FANOUT": "python"}}
 
 #: The issue's goals for the SFU.
 GOALS = {
@@ -140,9 +147,11 @@ class Child:
     command per line and read one `@@{json}` reply per command.
     """
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, control: bool) -> None:
+    def __init__(self, name: str, argv: list[str], log_path: Path, control: bool,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.argv = argv
+        self.extra_env = env or {}
         self.log_path = log_path
         self.control = control
         self.proc: asyncio.subprocess.Process | None = None
@@ -154,7 +163,8 @@ class Child:
     async def start(self, ready_timeout_s: float = 30.0) -> None:
         self._log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(REPO), str(BENCH_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+            [str(REPO), str(BENCH_DIR)] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+            **self.extra_env)
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv, cwd=REPO, env=env, limit=1 << 26,
             stdin=asyncio.subprocess.PIPE if self.control else asyncio.subprocess.DEVNULL,
@@ -289,6 +299,7 @@ class Settings:
     camera: str
     subscriber_procs: int
     relay_unbuffered: bool
+    server_nice: int
     max_server_rss_mb: float
     late_join_timeout_s: float
 
@@ -307,8 +318,8 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
     python = sys.executable
     tag = f"{system}-n{n}"
 
-    def child(name: str, argv: list[str], control: bool) -> Child:
-        made = Child(name, argv, log_dir / f"{tag}-{name}.log", control)
+    def child(name: str, argv: list[str], control: bool, env: dict[str, str] | None = None) -> Child:
+        made = Child(name, argv, log_dir / f"{tag}-{name}.log", control, env)
         children.append(made)
         return made
 
@@ -316,7 +327,7 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
         server: Child | None = None
         if system != "direct":
             port = free_port()
-            if system == "goldenhour":
+            if system.startswith("goldenhour"):
                 argv = [python, "-m", "server.cli", "--log-level", "WARNING", "serve",
                         "--no-tls", "--no-demo-crew", "--loopback-only", "--port", str(port)]
             else:
@@ -324,9 +335,13 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
                         "--bitrate", str(settings.bitrate_bps)]
                 if settings.relay_unbuffered:
                     argv.append("--unbuffered")
-            server = child("server", argv, control=False)
+            if settings.server_nice:
+                argv = ["nice", "-n", str(settings.server_nice)] + argv
+            server = child("server", argv, control=False, env=SERVER_ENV.get(system))
             http_url = f"http://127.0.0.1:{port}"
-            media_url = f"ws://127.0.0.1:{port}/ws" if system == "goldenhour" else http_url
+            media_url = f"ws://127.0.0.1:{port}/ws" if system.startswith("goldenhour") else http_url
+        # The peers speak GoldenHour's protocol to either GoldenHour server.
+        peer_system = "goldenhour" if system.startswith("goldenhour") else system
 
         peers = [python, str(BENCH_DIR / "sfu_peers.py")]
         publisher = child("publisher", peers + [
@@ -359,12 +374,12 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
             await publisher.call({"op": "answer", "sdp": answer["sdp"]})
             ready = [await decoder.call({"op": "wait_direct"})]
         else:
-            await publisher.call({"op": "start", "system": system, "url": media_url})
+            await publisher.call({"op": "start", "system": peer_system, "url": media_url})
             names = [f"sub-{i:02d}" for i in range(1, n)]
             ready = await asyncio.gather(
-                decoder.call({"op": "start", "system": system, "url": media_url,
+                decoder.call({"op": "start", "system": peer_system, "url": media_url,
                               "names": ["sub-00"], "decode": True}),
-                *(w.call({"op": "start", "system": system, "url": media_url,
+                *(w.call({"op": "start", "system": peer_system, "url": media_url,
                           "names": names[k::procs], "decode": False})
                   for k, w in enumerate(workers)))
         point["subscribers_ready_s"] = max(r["ready_s"] for r in ready)
@@ -373,7 +388,7 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
         await asyncio.sleep(settings.warmup_s)
 
         # --- the measurement window -------------------------------------------
-        if system == "goldenhour":
+        if system.startswith("goldenhour"):
             await http_get_json(f"{http_url}/api/stats?reset=1")
         mark0 = await publisher.call({"op": "mark"})
         cpu0 = CpuSnapshot.take(children)
@@ -396,7 +411,7 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
         t1_ms = time.time() * 1000
         cpu1 = CpuSnapshot.take(children)
         mark1 = await publisher.call({"op": "mark"})
-        if system == "goldenhour":
+        if system.startswith("goldenhour"):
             point["sfu_stats"] = await http_get_json(f"{http_url}/api/stats")
         point["window"] = {"t0_ms": t0_ms, "t1_ms": t1_ms, "seconds": (t1_ms - t0_ms) / 1000}
         point["server_peak_rss_mb"] = round(peak_rss, 1) if server is not None else None
@@ -419,7 +434,7 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
             for key, host, decode in (("late_joiner_first_frame_s",
                                        workers[0] if workers else decoder, False),
                                       ("late_joiner_first_decoded_s", decoder, True)):
-                late = await host.call({"op": "late_join", "system": system, "url": media_url,
+                late = await host.call({"op": "late_join", "system": peer_system, "url": media_url,
                                         "name": f"late-{'decoding' if decode else 'rtp'}",
                                         "decode": decode, "timeout_s": timeout_s},
                                        timeout_s=timeout_s + 30)
@@ -520,6 +535,7 @@ def summarise(point: dict, settings: Settings) -> dict:
 
     sent_of_ts = dict(zip(sent["rtp_ts"], sent["marker_sent_s"]))
     rtp_latencies: list[float] = []
+    queued_ms: list[float] = []  # complete as handed over by aiortc, minus as read
     first_packet_ms: list[float] = []   # first packet in, minus capture
     sent_to_complete_ms: list[float] = []  # complete, minus marker packet sent
     decoded_latencies: list[float] = []
@@ -529,6 +545,8 @@ def summarise(point: dict, settings: Settings) -> dict:
     unreadable = 0
     for sub in point["subscribers"]:
         rtp = sub["rtp"]
+        queued_ms.extend(1000 * (h - c) for c, h in zip(rtp["complete_s"], rtp.get("complete_handed_s", []))
+                         if c is not None and h is not None)
         completed = [c for c in rtp["complete_s"] if c is not None]
         entry: dict = {"name": sub["name"], "decode": sub["decode"],
                        "complete_fps": round(sum(t0_s <= c < t1_s for c in completed)
@@ -578,6 +596,11 @@ def summarise(point: dict, settings: Settings) -> dict:
         out["frames_expected_per_subscriber"] = len(capture_of_ts)
         out["frames_lost_per_subscriber"] = rtp_lost
         out["frames_lost"] = sum(rtp_lost)
+        # Not in g2g: how long after a frame's last packet was read from the
+        # socket the subscriber's own aiortc handed it over (the load
+        # generator's queue, several subscribers per process).
+        out["subscriber_queue_ms"] = {"p50": percentile(queued_ms, 0.5),
+                                      "p95": percentile(queued_ms, 0.95)} if queued_ms else None
         # Where the time goes: capture to the marker packet handed to the
         # publisher's transport (encode, packetize) and from there to complete.
         send = [1000 * (m - c) for c, m in zip(sent["capture_s"], sent["marker_sent_s"])
@@ -598,7 +621,7 @@ def summarise(point: dict, settings: Settings) -> dict:
             f"publisher log: {pub['unmapped_packets']} packets sent with no captured frame: "
             "the RTP timestamp to frame mapping is off")
     out["forwarding_ms"] = None
-    if point["system"] == "goldenhour":
+    if point["system"].startswith("goldenhour"):
         video = [s for s in point.get("sfu_stats", []) if s.get("kind") == "video"]
         if video:
             fwd = video[0]["forwarding_ms"]
@@ -759,7 +782,7 @@ def compare(rows: list[dict]) -> dict:
                     "load generator's encoder waiting for a core")
                 row["load_bound"] = True
     marginal: dict = {}
-    for system in ("goldenhour", "relay"):
+    for system in SERVER_SYSTEMS:
         ok = sorted((r for r in rows if r["system"] == system and "error" not in r
                      and r["server_cpu_cores"] is not None), key=lambda r: r["n"])
         steps = []
@@ -776,7 +799,7 @@ def compare(rows: list[dict]) -> dict:
 def goals(rows: list[dict], marginal: dict) -> list[dict]:
     """Each goal against the worst figure of each server system."""
     verdicts = []
-    for system in ("goldenhour", "relay"):
+    for system in SERVER_SYSTEMS:
         ok = [r for r in rows if r["system"] == system and "error" not in r]
         if not ok:
             continue
@@ -893,7 +916,7 @@ GOAL_LABELS = {
 
 
 def goals_table(verdicts: list[dict]) -> str:
-    systems = [s for s in ("goldenhour", "relay") if any(v["system"] == s for v in verdicts)]
+    systems = [s for s in SERVER_SYSTEMS if any(v["system"] == s for v in verdicts)]
     lines = [["goal", "target"] + [SYSTEM_LABELS[s] + " (worst)" for s in systems]]
     for goal, limit in GOALS.items():
         label, unit, op = GOAL_LABELS[goal]
@@ -976,6 +999,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "decoding subscriber always has a process of its own)")
     parser.add_argument("--relay-unbuffered", action="store_true",
                         help="baseline with MediaRelay(buffered=False) (drops instead of queues)")
+    parser.add_argument("--server-nice", type=int, default=0,
+                        help="run the servers at this niceness (default 0, as the load generator; "
+                             "-10 shows what waiting for a core costs: on 2 cores the "
+                             "subscribers the server wakes take the core it needs)")
     parser.add_argument("--max-server-rss-mb", type=float, default=4096,
                         help="cut a window short when a server grows past this")
     parser.add_argument("--keep-logs", action="store_true",
@@ -1006,7 +1033,7 @@ async def run(args: argparse.Namespace) -> dict:
                         bitrate_bps=int(args.bitrate), width=args.width, height=args.height,
                         fps=args.fps, camera=args.camera,
                         subscriber_procs=args.subscriber_procs,
-                        relay_unbuffered=args.relay_unbuffered,
+                        relay_unbuffered=args.relay_unbuffered, server_nice=args.server_nice,
                         max_server_rss_mb=args.max_server_rss_mb, late_join_timeout_s=10.0)
     # A direct call is measured next to every N (the machine's other load
     # drifts), and each system's "added over direct" uses the one of its N.
@@ -1059,7 +1086,10 @@ def _legend(s: dict) -> list[str]:
         ("fwd", "RTP packet in to last copy out inside the SFU (its /api/stats); n/a where "
                 "the server has no such counter."),
         ("g2g", "network level, per frame: the time its last missing packet arrived at a "
-                "subscriber (the frame complete: every sequence number from its first to its "
+                "subscriber (read from its socket, by the clear RTP header; since 2026-11-26 "
+                "11:40, before that when aiortc handed it over after its Python; the "
+                "difference is printed below as the subscribers' own queue) "
+                "(the frame complete: every sequence number from its first to its "
                 "marker packet, retransmissions included, nothing decoded) minus its capture "
                 "time at the publisher (same clock), joined on the RTP timestamp, which the "
                 "SFU passes through unchanged; pooled over all N subscribers. A frame "
@@ -1123,7 +1153,15 @@ def _generator_summary(rows: list[dict]) -> list[str]:
                  for r, c in zip(full, cost) if c["rtp_only_subscribers"]])
     if fit is not None:
         parts.append(f"{100 * fit:.1f}% per added one")
-    return ["Load generator (direct and GoldenHour points): " + ", ".join(parts) + "."]
+    lines = ["Load generator (direct and GoldenHour points): " + ", ".join(parts) + "."]
+    queues = [f"{_label(r['system'], r['n'])} {r['subscriber_queue_ms']['p50']:.1f}/"
+              f"{r['subscriber_queue_ms']['p95']:.1f}" for r in full if r.get("subscriber_queue_ms")]
+    if queues:
+        lines += textwrap.wrap(
+            "Subscribers' own queue, p50/p95 ms (a frame complete as aiortc handed it over, minus "
+            "as its packets were read from the socket; g2g counts the latter): " + "; ".join(queues),
+            100)
+    return lines
 
 
 def report(result: dict, settings: dict) -> str:

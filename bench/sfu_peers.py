@@ -56,6 +56,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
+import receiver_seams
 from receiver_seams import stop_remb, watch_received_rtp
 from sender_seams import on_keyframe_request, pin_vp8_bitrate
 from vp8_clip import Vp8Clip, load_or_encode
@@ -329,6 +330,7 @@ class _Frame:
     """What one subscriber saw of one RTP timestamp."""
 
     __slots__ = (
+        "complete_handed_s",
         "complete_s",
         "end_seq",
         "first_s",
@@ -342,6 +344,8 @@ class _Frame:
         self.first_s = now_s
         self.marker_s: float | None = None
         self.complete_s: float | None = None
+        #: When aiortc handed this process the packet that completed it.
+        self.complete_handed_s: float | None = None
         self.start_seq: int | None = None
         self.end_seq: int | None = None
         self.seqs: set[int] | None = set()
@@ -363,7 +367,10 @@ class RtpFrames:
         self.packets = 0
 
     def add(self, packet: RtpPacket) -> None:
-        now_s = time.time()
+        # When this process read the datagram; a packet aiortc handed over
+        # without (an RTX retransmission, unwrapped) arrived just now.
+        handed_s = time.time()
+        now_s = receiver_seams.arrivals.pop((packet.ssrc, packet.sequence_number), handed_s)
         self.packets += 1
         frame = self.frames.get(packet.timestamp)
         if frame is None:
@@ -384,6 +391,7 @@ class RtpFrames:
         if (frame.start_seq is not None and frame.end_seq is not None
                 and len(seqs) == ((frame.end_seq - frame.start_seq) & 0xFFFF) + 1):
             frame.complete_s = now_s
+            frame.complete_handed_s = handed_s
             frame.seqs = None
             self.first_complete.set()
             if frame.keyframe and self.first_keyframe_s is None:
@@ -394,7 +402,7 @@ class RtpFrames:
 
     def report(self, since_s: float) -> dict:
         """Frames whose first packet arrived at or after `since_s`."""
-        ts, first, marker, complete = [], [], [], []
+        ts, first, marker, complete, handed = [], [], [], [], []
         for timestamp, frame in self.frames.items():
             if frame.first_s >= since_s:
                 ts.append(timestamp)
@@ -402,8 +410,10 @@ class RtpFrames:
                 marker.append(None if frame.marker_s is None else round(frame.marker_s, 6))
                 complete.append(None if frame.complete_s is None
                                 else round(frame.complete_s, 6))
+                handed.append(None if frame.complete_handed_s is None
+                              else round(frame.complete_handed_s, 6))
         return {"rtp_ts": ts, "first_s": first, "marker_s": marker, "complete_s": complete,
-                "packets": self.packets}
+                "complete_handed_s": handed, "packets": self.packets}
 
 
 class Subscriber:
@@ -645,6 +655,8 @@ def main() -> None:
                         format=f"[{args.role} %(process)d] %(levelname)s %(name)s: %(message)s")
     if args.role == "publisher":
         pin_vp8_bitrate(args.bitrate)
+    else:
+        receiver_seams.record_datagram_arrivals()
 
     async def run() -> None:
         handler = (Publisher(args.width, args.height, args.fps, args.camera, args.bitrate)
