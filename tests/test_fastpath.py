@@ -140,3 +140,9 @@ def test_bad_targets_are_refused_with_the_reason(link) -> None:
     with pytest.raises(ValueError, match="too long"):
         fanout.admit(1, DirectRoute(**{**bad.__dict__, "ext_prefix": b"x" * 40}), 0, 0, 0)
     assert len(fanout) == 0
+    fanout.admit(1, bad, 0, 0, 0)
+    jumbo = source(1)
+    jumbo.payload = bytes(1549)  # no WebRTC sender makes these; the producer counts it lost
+    with pytest.raises(ValueError, match="payload size"):
+        fanout.send(jumbo, 1, b"\0\0\0")
+    assert fanout.counters(1)["packets"] == 0

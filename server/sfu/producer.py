@@ -119,7 +119,13 @@ class Producer:
         abs_send_time = aiortc_seams.abs_send_time_now()
         fast = self._fast
         if fast is not None and len(fast):
-            fast.send(packet, ext, abs_send_time)
+            try:
+                fast.send(packet, ext, abs_send_time)
+            except ValueError:
+                # A payload past what fits a datagram with our header (1548
+                # bytes): not from a WebRTC sender. Lost for the C loop's
+                # members, who recover as from any loss.
+                self._forwarding_failed(None)
         for consumer in consumers:
             if consumer.fast:
                 continue
@@ -134,11 +140,7 @@ class Producer:
                     await pending
             except Exception:
                 # One subscriber's failure must not cost the others this packet.
-                self.forwarding_errors += 1
-                if self.forwarding_errors & (self.forwarding_errors - 1) == 0:  # 1, 2, 4, 8...
-                    log.exception("forwarding to a consumer failed",
-                                  extra={"producer": self.id, "consumer": consumer.id,
-                                         "errors": self.forwarding_errors})
+                self._forwarding_failed(consumer)
         self.forwarding_delays_s.append(time.perf_counter() - arrived)
         # Once a video frame (about every 8th audio packet): the C loop's
         # members are checked and their counters handed over; consumers that
@@ -150,6 +152,13 @@ class Producer:
                     consumer.tend_fast(fast, ext)
                 elif hasattr(consumer, "enter_fast"):
                     consumer.enter_fast(fast, ext)
+
+    def _forwarding_failed(self, consumer: Consumer | None) -> None:
+        self.forwarding_errors += 1
+        if self.forwarding_errors & (self.forwarding_errors - 1) == 0:  # 1, 2, 4, 8...
+            log.exception("forwarding failed", extra={
+                "producer": self.id, "consumer": consumer.id if consumer else "the C loop's members",
+                "errors": self.forwarding_errors})
 
     def clock(self) -> float:
         return self._loop.time()
