@@ -4,10 +4,11 @@ annotation back on that page, on loopback.
     python bench/annotation_roundtrip.py             # 60 strokes and 60 points
     python bench/annotation_roundtrip.py --quick     # 15 of each
 
-A GoldenHour server (in-process, on loopback), a simulated crew inside the
-synthetic ambulance in a process of its own (`goldenhour crew --simulate
---no-walk`, its spatial map sent, 85k triangles) and a headless Chromium
-expert page. The page draws by synthesized pointer events; the figure
+A GoldenHour server (`goldenhour serve`, in a process of its own as deployed,
+on loopback), a simulated crew inside the synthetic ambulance in another
+(`goldenhour crew --simulate --no-walk`, its spatial map sent, 85k triangles)
+and a headless Chromium expert page. (Until 2026-11-26 11:40 the server ran
+in this process, where Playwright's client shared its GIL.) The page draws by synthesized pointer events; the figure
 is the page's own clock from the pointer-up that ends a drawing to the
 anchored `annotation` reply (telestration.js records it). As the baseline, the
 same page times a `ping` → `pong` over the same WebSocket in the same run,
@@ -33,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import platform
 import statistics
@@ -50,7 +50,7 @@ sys.path.insert(0, str(REPO))
 
 from vision.synthetic import ambulance_scene  # noqa: E402
 from tests.browser.conftest import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402
-from tests.conftest import loopback_config, start_server  # noqa: E402
+from server.sfu import aiortc_seams  # noqa: E402
 
 RESULTS_DIR = REPO / "bench" / "results"
 
@@ -65,22 +65,26 @@ def summary(values: list[float]) -> dict:
             "p99_ms": percentile(values, 0.99), "max_ms": max(values), "mean_ms": statistics.fmean(values)}
 
 
-def cpu_seconds(crew_pid: int) -> dict[str, float]:
-    """CPU seconds used so far by this process (the server; Playwright's client
-    sleeps), the crew and the browser's processes."""
+def cpu_seconds(server_pid: int, crew_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by the server, the crew, the browser's processes
+    and the bench itself (this process and Playwright's driver)."""
     import psutil
     me = psutil.Process()
-    out = {"server": sum(me.cpu_times()[:2]), "crew": 0.0, "browser": 0.0}
-    for process in [psutil.Process(crew_pid)] + me.children(recursive=True):
+    out = {"server": 0.0, "crew": 0.0, "browser": 0.0, "bench": sum(me.cpu_times()[:2])}
+    for process in me.children(recursive=True):
         try:
             name = process.name()
             used = sum(process.cpu_times()[:2])
         except psutil.Error:
             continue
-        if process.pid == crew_pid:
+        if process.pid == server_pid:
+            out["server"] = used
+        elif process.pid == crew_pid:
             out["crew"] = used
         elif "chrom" in name:
             out["browser"] += used
+        else:
+            out["bench"] += used
     return out
 
 
@@ -108,16 +112,53 @@ def browser_thread_seconds() -> dict[str, float]:
     return out
 
 
-class AnchoredLog(logging.Handler):
-    """The server's 'annotation anchored' records: id -> (logged at, server ms, kind)."""
+class ServerProcess:
+    """`goldenhour serve` on a free loopback port, in a process of its own. Its
+    JSON log (stderr) gives the 'annotation anchored' records: id -> (logged
+    at, server ms, kind); the log's clock has 1 ms steps."""
 
     def __init__(self) -> None:
-        super().__init__()
+        import socket
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.http = f"http://127.0.0.1:{port}"
+        self.ws = f"ws://127.0.0.1:{port}/ws"
         self.records: dict[str, tuple[float, float, str]] = {}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "--log-level", "INFO", "serve", "--no-tls",
+             "--no-demo-crew", "--loopback-only", "--port", str(port)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self._read_log, daemon=True).start()
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage() == "annotation anchored":
-            self.records[record.annotation] = (record.created, record.server_ms, record.kind)
+    def _read_log(self) -> None:
+        for line in self.proc.stderr:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("msg") == "annotation anchored":
+                self.records[entry["annotation"]] = (entry["ts"], entry["server_ms"], entry["kind"])
+
+    def get(self, path: str) -> object:
+        import urllib.request
+        with urllib.request.urlopen(self.http + path, timeout=5) as reply:
+            return json.loads(reply.read())
+
+    def wait_healthy(self, timeout_s: float = 60) -> None:
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                self.get("/healthz")
+                return
+            except OSError:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise SystemExit("the GoldenHour server did not start")
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 def legs(ends: list[dict], anchored: dict[str, tuple[float, float, str]]) -> dict[str, dict]:
@@ -186,13 +227,10 @@ def main() -> int:
 
     # The server's JSON log says, per annotation, how long it waited for the
     # frame's pose and how long anchoring took: where the round trip goes.
-    from server import logs
-    logs.configure("INFO")
-    anchored_log = AnchoredLog()
-    logging.getLogger("server.rooms.annotating").addHandler(anchored_log)
+    server = ServerProcess()
+    server.wait_healthy()
     loop = Loop()
-    server_context = start_server(loopback_config())
-    server = loop.run(server_context.__aenter__())
+    aiortc_seams.use_loopback_ice(True, only=True)  # the Python client's candidates
     # The crew runs in a process of its own, as a headset would: in the server's
     # process its VP8 encoder and renderer would compete for the GIL. On a real
     # call it runs on the headset, not next to the server and the browser: at
@@ -203,13 +241,12 @@ def main() -> int:
                              sys.executable, "-m", "server.cli", "--log-level", "WARNING", "crew",
                              "--simulate", "--no-walk", "--url", server.ws, "--room", "bench",
                              "--name", "Bench crew", "--loopback-only"], cwd=REPO)
-    registry = server.app.state.registry
     scene_triangles = len(ambulance_scene(0).triangles)
 
     def map_complete() -> bool:
-        room = registry.get("bench")
-        crews = [p for p in room.peers if p.role == "crew"] if room else []
-        return bool(crews) and room.annotations.service.spatial_map(crews[0].id).snapshot().triangle_count >= scene_triangles
+        rooms = [r for r in server.get("/api/rooms") if r["room"] == "bench"]
+        crews = [p for p in rooms[0]["peers"] if p["role"] == "crew"] if rooms else []
+        return bool(crews) and crews[0]["spatial_map_triangles"] >= scene_triangles
 
     deadline = time.time() + 120
     while not map_complete():
@@ -272,7 +309,7 @@ def main() -> int:
             draw("point", 3)  # warm-up: first anchoring pays for lazy builds
             warm = page.evaluate("() => window.goldenhour.telestration.roundTripEnds.length")
             pings_while_drawing.clear()
-            cpu_before, wall_before = cpu_seconds(crew.pid), time.perf_counter()
+            cpu_before, wall_before = cpu_seconds(server.proc.pid, crew.pid), time.perf_counter()
             threads_before = browser_thread_seconds()
             if args.trace:
                 browser.start_tracing(page=page, categories=[
@@ -283,7 +320,7 @@ def main() -> int:
                 args.trace.write_bytes(browser.stop_tracing())
             results["stroke_40"] = summary(draw("pen", n))
             wall = time.perf_counter() - wall_before
-            cpu_after = cpu_seconds(crew.pid)
+            cpu_after = cpu_seconds(server.proc.pid, crew.pid)
             threads_after = browser_thread_seconds()
             busiest = sorted(((threads_after[k] - threads_before.get(k, 0.0)) / wall, k)
                              for k in threads_after)[::-1][:8]
@@ -302,7 +339,7 @@ def main() -> int:
             }""", n)
             results["ping_baseline"] = summary(pings)
             ends = page.evaluate("(n) => window.goldenhour.telestration.roundTripEnds.slice(n)", warm)
-            results["legs"] = legs(ends, anchored_log.records)
+            results["legs"] = legs(ends, server.records)
             results["ping_while_drawing"] = summary(pings_while_drawing)
             browser.close()
         # The same requests from a Python client (no browser): the server and the
@@ -311,7 +348,7 @@ def main() -> int:
     finally:
         crew.terminate()
         crew.wait(10)
-        loop.run(server_context.__aexit__(None, None, None))
+        server.close()
 
     print(f"\nannotation round trip: pointer-up to anchored annotation on the same page "
           f"(loopback, {os.cpu_count()} cores)\n")

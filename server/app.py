@@ -79,7 +79,11 @@ def create_app(config: Config) -> Starlette:
     async def rooms(request: Request) -> JSONResponse:
         return JSONResponse([{
             "room": r.name, "persistent": r.persistent,
-            "peers": [{"peer_id": p.id, "name": p.name, "role": p.role} for p in r.peers],
+            "peers": [{"peer_id": p.id, "name": p.name, "role": p.role}
+                      # How much of its spatial map a crew has sent (anchoring needs it).
+                      | ({"spatial_map_triangles": r.annotations.service.map_triangles(p.id)}
+                         if p.role == "crew" else {})
+                      for p in r.peers],
             "annotations": len(r.annotations.service.annotations),
             "guidance_requested": (msgspec.to_builtins(registry.guidance_requests[r.name])
                                    if r.name in registry.guidance_requests else None),

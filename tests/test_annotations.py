@@ -3,6 +3,7 @@ the synthetic ambulance, who may do what, late joiners, and bad input."""
 
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 
@@ -46,6 +47,13 @@ async def test_point_on_the_sternum_is_anchored_and_every_peer_hears_it(world: W
     late = await world.expert("Dr Late", room="ann-1")
     await late.wait_until(lambda: reply["annotation_id"] in late.annotations)
     assert late.annotations[reply["annotation_id"]]["points_world_m"] == reply["points_world_m"]
+
+    # The room listing says how much of its map the crew has sent; experts have none.
+    async with httpx.AsyncClient() as http:
+        (room,) = [r for r in (await http.get(f"{world.server.http}/api/rooms")).json() if r["room"] == "ann-1"]
+    by_role = {p["role"]: p for p in room["peers"]}
+    assert by_role["crew"]["spatial_map_triangles"] == len(crew.scene.triangles)
+    assert "spatial_map_triangles" not in by_role["expert"]
 
 
 async def test_only_authors_delete_observers_do_not_draw_and_experts_send_no_map(world: World):

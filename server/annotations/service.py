@@ -143,6 +143,11 @@ class AnnotationService:
             spatial_map = self._maps[crew_peer_id] = SpatialMap()
         return spatial_map
 
+    def map_triangles(self, crew_peer_id: str) -> int:
+        """Triangles in a crew's spatial map now (0 before its first block)."""
+        spatial_map = self._maps.get(crew_peer_id)
+        return spatial_map.snapshot().triangle_count if spatial_map is not None else 0
+
     async def set_map_block(self, crew_peer_id: str, block_id: str, vertices: np.ndarray, triangles: np.ndarray) -> None:
         spatial_map = self.spatial_map(crew_peer_id)
         loop = asyncio.get_running_loop()
