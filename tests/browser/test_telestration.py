@@ -182,10 +182,23 @@ def test_arrow_drawn_in_the_browser_lands_on_the_patient_and_stays_there(
 def test_second_expert_sees_the_first_experts_annotation_live(room, open_page, loop_peers) -> None:
     crew = loop_peers.scene_crew(room)
     first = open_page(room, "expert", name="Dr One")
-    second = open_page(room, "expert", name="Dr Two")
     wait_drawing_ready(first)
+    # The second expert's microphone joins the first's playback without
+    # reloading the picture (a new stream did, blanking it for a moment).
+    tracks_before = first.evaluate("""() => {
+        const v = document.getElementById('video');
+        window.pictureReloads = 0;
+        v.addEventListener('emptied', () => window.pictureReloads++);
+        return v.srcObject.getTracks().length;
+    }""")
+    second = open_page(room, "expert", name="Dr Two")
     wait_drawing_ready(second)
     first.bring_to_front()
+    first.wait_for_function("(n) => document.getElementById('video').srcObject.getAudioTracks().length > n - 1"
+                            " && document.getElementById('video').srcObject.getTracks().length > n",
+                            arg=tracks_before)
+    assert first.evaluate("() => window.pictureReloads") == 0
+    wait_drawing_ready(first)
     first.click("button[data-tool=ellipse]")
     sternum = pixel_norm(crew.scene.landmarks_world_m["sternum"], crew.camera.pose, crew.camera.intrinsics)
     drag(first, css_point(first, sternum - 0.04), css_point(first, sternum + 0.04))

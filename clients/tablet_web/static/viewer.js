@@ -328,10 +328,19 @@ function showRemoteMedia() {
   const shown = live.find(({ track, info }) => track.kind === "video" && info.source !== "ultrasound");
   shownVideo = shown;
   const tracks = shown ? [shown.track, ...audio] : audio;
-  const current = video.srcObject?.getTracks() ?? [];
-  if (current.length === tracks.length && tracks.every((t) => current.includes(t))) return;
-  video.srcObject = tracks.length ? new MediaStream(tracks) : null;
-  play(video);
+  const stream = video.srcObject;
+  if (!tracks.length || !stream) {
+    video.srcObject = tracks.length ? new MediaStream(tracks) : null;
+    play(video);
+    return;
+  }
+  // Tracks come and go on the stream the element already plays: a new
+  // MediaStream would reload the element, and every expert's picture would
+  // go blank for a moment whenever someone joins or leaves and their audio
+  // track with them.
+  const current = stream.getTracks();
+  for (const track of current) if (!tracks.includes(track)) stream.removeTrack(track);
+  for (const track of tracks) if (!current.includes(track)) stream.addTrack(track);
 }
 
 /** Start playback; where the browser forbids autoplay with sound, play muted and offer unmute. */
