@@ -302,8 +302,12 @@ static PyObject *Fanout_send(Fanout *self, PyObject *const *args, Py_ssize_t nar
         /* Counted as sent either way, as aiortc counts what it hands to the socket. */
         t->packets++;
         t->octets += payload.len;
-        t->last_seq = seq;
-        t->last_timestamp = ts;
+        /* The newest sent (a publisher's late retransmission is older): where
+           Python goes on numbering if the consumer leaves the loop. */
+        if (!t->sent_any || (uint16_t)(seq - t->last_seq) < 0x8000) {
+            t->last_seq = seq;
+            t->last_timestamp = ts;
+        }
         t->sent_any = 1;
         sent++;
     }
