@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -51,8 +52,13 @@ async def test_three_subscribers_each_decode_frames_whose_counter_advances(world
     results = await asyncio.gather(*(read_frame_codes(t.track, 20) for t in tracks))
     for codes in results:
         assert _advancing(codes), [c.frame_id for c in codes]
-    # Past their first keyframe every video and audio copy is the C loop's.
+    # Past their first keyframe every video and audio copy is the C loop's,
+    # and /api/stats says so.
     assert fast_consumers(world) == (6 if fanout == "c" else 0)
+    async with httpx.AsyncClient() as http:
+        stats = (await http.get(f"{world.server.http}/api/stats")).json()
+    flags = [c["c_loop"] for producer in stats for c in producer["consumers"]]
+    assert len(flags) == 6 and set(flags) == {fanout == "c"}
     # All three watch the same live stream: their frame counters overlap.
     assert len(set.intersection(*(set(c.frame_id for c in codes) for codes in results))) > 5
 

@@ -66,7 +66,8 @@ class Router:
                 "consumers": [{"consumer_id": c.id, "subscriber_id": c.subscriber_id,
                                "packets_out": c.packets_out,
                                "packets_dropped": c.packets_dropped,
-                               "waiting_for_keyframe": c.waiting_for_keyframe}
+                               "waiting_for_keyframe": c.waiting_for_keyframe,
+                               "c_loop": c.fast}
                               for c in p.consumers],
             })
         return out
