@@ -341,6 +341,8 @@ def main() -> int:
             ends = page.evaluate("(n) => window.goldenhour.telestration.roundTripEnds.slice(n)", warm)
             results["legs"] = legs(ends, server.records)
             results["ping_while_drawing"] = summary(pings_while_drawing)
+            # Collector pauses stop the whole server: were there long ones?
+            results["server_gc"] = server.get("/healthz")["gc"]
             browser.close()
         # The same requests from a Python client (no browser): the server and the
         # network alone, to tell their share from the page's.
@@ -375,6 +377,10 @@ def main() -> int:
         + f" (crew at nice {args.crew_nice})")
     print("  the browser's busiest threads: " + ", ".join(
         f"{name} {share:.2f}" for name, share in results["browser_threads_while_drawing"].items()))
+    gc_state = results["server_gc"]
+    print("the server's garbage collector since it started: " + ", ".join(
+        f"{gen} {gc_state[gen]['collections']} collections (longest recent "
+        f"{gc_state[gen]['recent_max_ms']} ms)" for gen in ("gen1", "gen2")))
     print(f"\ngoal p99 < 50 ms (the page): {'met' if goal_met else 'NOT met'}. The Python client's "
           "rows are the server and network alone; the rest is the browser's (the server's own share "
           "is in its log: 'annotation anchored' with pose_wait_ms, anchor_ms and server_ms)")
