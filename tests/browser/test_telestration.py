@@ -208,6 +208,32 @@ def test_second_expert_sees_the_first_experts_annotation_live(room, open_page, l
     assert seen["author_name"] == "Dr One" and seen["kind"] == "ellipse"
     assert seen["annotation_id"] == own["annotation_id"] and seen["color"] == own["color"]
     assert any(m["name"] == "area" and m["unit"] == "mm²" for m in seen["measurements"])
+    # The drawings' canvas is only as big as what it shows: nothing of the
+    # ellipse or its area label may touch its border (it would be cut off
+    # there), unless that border is the picture's own edge. (On the page in
+    # front: Chromium draws no frames for hidden ones.)
+    first.wait_for_function("() => window.goldenhour.telestration.overlayBox !== null")
+    edges = first.evaluate("""() => {
+        const c = document.getElementById('annotations');
+        const v = document.getElementById('video');
+        const box = window.goldenhour.telestration.overlayBox;
+        const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const inked = (x, y) => px[4 * (y * c.width + x) + 3] > 0;
+        let ink = 0, touching = [];
+        for (let y = 0; y < c.height; y++) for (let x = 0; x < c.width; x++) if (inked(x, y)) ink++;
+        const sides = {left: box.x > 0, top: box.y > 0,
+                       right: box.x + box.width < v.clientWidth, bottom: box.y + box.height < v.clientHeight};
+        for (let x = 0; x < c.width; x++) {
+            if (sides.top && inked(x, 0)) touching.push('top');
+            if (sides.bottom && inked(x, c.height - 1)) touching.push('bottom');
+        }
+        for (let y = 0; y < c.height; y++) {
+            if (sides.left && inked(0, y)) touching.push('left');
+            if (sides.right && inked(c.width - 1, y)) touching.push('right');
+        }
+        return {ink, touching: [...new Set(touching)], width: box.width};
+    }""")
+    assert edges["ink"] > 500 and edges["touching"] == [], edges
 
     # Undo removes it for everyone; redo puts back exactly what was anchored.
     first.click("#undo")
