@@ -86,7 +86,7 @@ class Producer:
     def remove_consumer(self, consumer: Consumer) -> None:
         if consumer in self._consumers:
             self._consumers.remove(consumer)
-        if getattr(consumer, "fast", False) and self._fast is not None:
+        if consumer.fast and self._fast is not None:
             consumer.leave_fast(self._fast, self._highest_ext or 0)
 
     @property
