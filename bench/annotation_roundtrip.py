@@ -138,7 +138,8 @@ class ServerProcess:
             except ValueError:
                 continue
             if entry.get("msg") == "annotation anchored":
-                self.records[entry["annotation"]] = (entry["ts"], entry["server_ms"], entry["kind"])
+                self.records[entry["annotation"]] = (
+                    entry["ts"], entry["server_ms"], entry["kind"], entry["pose_wait_ms"], entry["anchor_ms"])
 
     def get(self, path: str) -> object:
         import urllib.request
@@ -161,18 +162,22 @@ class ServerProcess:
         self.proc.wait(10)
 
 
-def legs(ends: list[dict], anchored: dict[str, tuple[float, float, str]]) -> dict[str, dict]:
-    """Per annotation kind, p50/p99 of page -> server, server, server -> page (ms)."""
+def legs(ends: list[dict], anchored: dict[str, tuple[float, float, str, float, float]]) -> dict[str, dict]:
+    """Per annotation kind, p50/p99 of page -> server, server, server -> page (ms),
+    and of the server's part: waiting for the frame's pose, anchoring."""
     out: dict[str, dict[str, list[float]]] = {}
     for end in ends:
         found = anchored.get(end["annotation_id"])
         if found is None:
             continue
-        logged_s, server_ms, kind = found
+        logged_s, server_ms, kind, pose_wait_ms, anchor_ms = found
         started_ms = logged_s * 1e3 - server_ms
-        split = out.setdefault(kind, {"to_server": [], "server": [], "to_page": []})
+        split = out.setdefault(kind, {"to_server": [], "server": [], "to_page": [],
+                                      "pose_wait": [], "anchoring": []})
         split["to_server"].append(started_ms - end["sent_ms"])
         split["server"].append(server_ms)
+        split["pose_wait"].append(pose_wait_ms)
+        split["anchoring"].append(anchor_ms)
         split["to_page"].append(end["replied_ms"] - logged_s * 1e3)
     return {kind: {leg: {"p50_ms": percentile(v, 0.5), "p99_ms": percentile(v, 0.99)}
                    for leg, v in split.items()} for kind, split in out.items()}
@@ -367,7 +372,8 @@ def main() -> int:
               f"{r['max_ms']:9.1f}{r['ratio_to_ping_p50']:10.1f}")
     goal_met = all(results[k]["p99_ms"] < 50.0 for k in ("point", "stroke_40"))
     print("\nwhere it goes, p50 / p99 ms: page to server (the page's send, the network, the "
-          "server's loop) | server (pose, anchoring) | server to the page's handler")
+          "server's loop) | server | server to the page's handler | the server's part: waiting for the "
+          "frame's pose, anchoring")
     for kind, split in results["legs"].items():
         print(f"  {kind:8s}" + " | ".join(
             f"{leg} {v['p50_ms']:.1f} / {v['p99_ms']:.1f}" for leg, v in split.items()))
