@@ -9,6 +9,8 @@ there, with a test each, is the better home if anything else ever does.
 
 from __future__ import annotations
 
+import fcntl
+import struct
 import time
 from collections.abc import Callable
 
@@ -51,20 +53,44 @@ def stop_remb(receiver: RTCRtpReceiver) -> None:
     receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
 
 
-#: (SSRC, sequence number) -> time.time() when this process read the datagram.
+#: (SSRC, sequence number) -> when the datagram reached this process's socket
+#: (the kernel's receive timestamp; time.time()'s clock).
 arrivals: dict[tuple[int, int], float] = {}
 _ARRIVALS_MAX = 200_000
+#: ioctl: the receive time of the last datagram read from a socket, as a
+#: struct timespec (linux/sockios.h SIOCGSTAMPNS_OLD; 64-bit time_t here).
+_SIOCGSTAMPNS = 0x8907
+#: Datagrams timed by the kernel, and by the time this process read them
+#: (where the kernel had no timestamp: the first datagram on a socket).
+stamps = {"kernel": 0, "read": 0}
+
+
+def kernel_receive_time(fd: int) -> float | None:
+    """When the kernel received the datagram last read from socket `fd`
+    (CLOCK_REALTIME, as time.time()), or None where it has not timed one.
+
+    The first call turns timestamping on for the socket, so the datagram
+    already read then has no timestamp. On loopback the timestamp is taken
+    inside the sender's send call.
+    """
+    try:
+        sec, nsec = struct.unpack("qq", fcntl.ioctl(fd, _SIOCGSTAMPNS, bytes(16)))
+    except OSError:
+        return None
+    return sec + nsec * 1e-9
 
 
 def record_datagram_arrivals() -> None:
-    """Note when each SRTP datagram is read from its socket, by its clear header.
+    """Note when each SRTP datagram reached its socket, by its clear header.
 
     An aiortc peer parses and decrypts every packet in Python before anything
     sees it (about 90 us here); a process that hosts several subscribers then
-    hands the last one its packets several ms after they arrived, a queue of
-    the load generator's own. The time the event loop read the datagram (an
-    SRTP packet's header is not encrypted) is when it arrived at this
-    subscriber. Process-wide: aioice's protocol class is wrapped once.
+    reads the last one's datagrams several ms after they arrived, a queue of
+    the load generator's own, not the server's. So the time is the kernel's
+    receive timestamp (`kernel_receive_time`), asked for right after the
+    event loop read the datagram (an SRTP packet's header is not encrypted);
+    until 2026-11-26 13:40 it was the time of the read. Process-wide:
+    aioice's protocol class is wrapped once.
     """
     if getattr(aioice.ice.StunProtocol, "_bench_arrivals", False):
         return
@@ -75,7 +101,16 @@ def record_datagram_arrivals() -> None:
         if len(data) >= 12 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
             if len(arrivals) > _ARRIVALS_MAX:
                 arrivals.clear()
-            arrivals[(int.from_bytes(data[8:12], "big"), int.from_bytes(data[2:4], "big"))] = time.time()
+            fd = getattr(self, "_bench_fd", None)
+            if fd is None:
+                fd = self._bench_fd = self.transport.get_extra_info("socket").fileno()
+            received = kernel_receive_time(fd)
+            if received is None:
+                received = time.time()
+                stamps["read"] += 1
+            else:
+                stamps["kernel"] += 1
+            arrivals[(int.from_bytes(data[8:12], "big"), int.from_bytes(data[2:4], "big"))] = received
         original(self, data, addr)
 
     aioice.ice.StunProtocol.datagram_received = datagram_received

@@ -424,6 +424,9 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
         since = {"op": "report", "since_s": t0_ms / 1000 - 0.5}
         reports = await asyncio.gather(*(w.call(since) for w in [decoder] + workers))
         point["subscribers"] = [s for r in reports for s in r["subscribers"]]
+        # Packets timed by the kernel, and the few (a socket's first) by the read.
+        point["arrival_stamps"] = {k: sum(r.get("arrival_stamps", {}).get(k, 0) for r in reports)
+                                   for k in ("kernel", "read")}
         point["publisher"] = _publisher_rates(mark0, mark1)
         point["cpu"] = _cpu(cpu0, cpu1, server, publisher, decoder, workers)
 
@@ -532,6 +535,7 @@ def summarise(point: dict, settings: Settings) -> dict:
     # The relay re-encodes: its RTP timestamps are its encoders', not the publisher's.
     joinable = point["system"] != "relay"
     out["g2g_basis"] = "rtp" if joinable else "pixels"
+    out["arrival_stamps"] = point.get("arrival_stamps")
 
     sent_of_ts = dict(zip(sent["rtp_ts"], sent["marker_sent_s"]))
     rtp_latencies: list[float] = []
@@ -638,6 +642,10 @@ def summarise(point: dict, settings: Settings) -> dict:
     out["window_s"] = round(window_s, 2)
     load_warnings = _load_warnings(out, settings)
     out["warnings"] = list(point["warnings"]) + load_warnings
+    stamps = point.get("arrival_stamps") or {}
+    if stamps.get("read", 0) > 0.01 * max(1, stamps.get("kernel", 0) + stamps.get("read", 0)):
+        out["warnings"].append(f"{stamps['read']} of {stamps['kernel'] + stamps['read']} packets had no "
+                               "kernel receive timestamp: timed when read instead")
     #: The machine or the load generator, not the system, set this point's figures.
     out["load_bound"] = bool(load_warnings) or bool(point.get("aborted"))
     return out
@@ -1086,9 +1094,10 @@ def _legend(s: dict) -> list[str]:
         ("fwd", "RTP packet in to last copy out inside the SFU (its /api/stats); n/a where "
                 "the server has no such counter."),
         ("g2g", "network level, per frame: the time its last missing packet arrived at a "
-                "subscriber (read from its socket, by the clear RTP header; since 2026-11-26 "
-                "11:40, before that when aiortc handed it over after its Python; the "
-                "difference is printed below as the subscribers' own queue) "
+                "subscriber's socket (the kernel's receive timestamp, matched by the clear RTP "
+                "header; since 2026-11-26 13:40. From 11:40 it was when the subscriber's "
+                "process read the datagram, before that when aiortc handed it over after its "
+                "Python; the difference is printed below as the subscribers' own queue) "
                 "(the frame complete: every sequence number from its first to its "
                 "marker packet, retransmissions included, nothing decoded) minus its capture "
                 "time at the publisher (same clock), joined on the RTP timestamp, which the "
@@ -1159,7 +1168,7 @@ def _generator_summary(rows: list[dict]) -> list[str]:
     if queues:
         lines += textwrap.wrap(
             "Subscribers' own queue, p50/p95 ms (a frame complete as aiortc handed it over, minus "
-            "as its packets were read from the socket; g2g counts the latter): " + "; ".join(queues),
+            "as its packets reached the socket; g2g counts the latter): " + "; ".join(queues),
             100)
     return lines
 

@@ -572,7 +572,8 @@ class SubscriberHost:
                                          cmd["decode"], cmd.get("timeout_s", 10.0))
         if op == "report":
             since_s = cmd["since_s"]
-            return {"subscribers": [s.report(since_s) for s in self.subscribers]}
+            return {"subscribers": [s.report(since_s) for s in self.subscribers],
+                    "arrival_stamps": dict(receiver_seams.stamps)}
         raise ValueError(f"subscribers: no op {op!r}")
 
     async def _wait_first_frames(self, started: float) -> dict:
