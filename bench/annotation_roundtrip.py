@@ -1,8 +1,14 @@
 """Annotation round trip: an expert's pointer-up in a real Chromium page to the anchored
 annotation back on that page, on loopback.
 
-    python bench/annotation_roundtrip.py             # 60 strokes and 60 points
+    python bench/annotation_roundtrip.py             # 200 strokes and 200 points
     python bench/annotation_roundtrip.py --quick     # 15 of each
+    python bench/annotation_roundtrip.py --samples 60
+
+Why 200: a p99 is only as good as the samples behind it. Of 60 (the count
+until 2026-11-26 14:20) it is the second-largest value, so one stalled sample
+decides it; of 200 it is the third-largest. The table also counts the samples
+over the goal.
 
 A GoldenHour server (`goldenhour serve`, in a process of its own as deployed,
 on loopback), a simulated crew inside the synthetic ambulance in another
@@ -60,9 +66,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+GOAL_P99_MS = 50.0
+
+
 def summary(values: list[float]) -> dict:
     return {"n": len(values), "p50_ms": percentile(values, 0.5), "p90_ms": percentile(values, 0.9),
-            "p99_ms": percentile(values, 0.99), "max_ms": max(values), "mean_ms": statistics.fmean(values)}
+            "p99_ms": percentile(values, 0.99), "max_ms": max(values), "mean_ms": statistics.fmean(values),
+            "over_goal": sum(v >= GOAL_P99_MS for v in values)}
 
 
 def cpu_seconds(server_pid: int, crew_pid: int) -> dict[str, float]:
@@ -222,12 +232,14 @@ async def python_client(url: str, n: int) -> tuple[dict, dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--samples", type=int, default=200,
+                        help="drawings of each kind (default 200: see the module's docstring)")
     parser.add_argument("--crew-nice", type=int, default=19,
                         help="niceness of the simulated crew process (default 19: lowest priority)")
     parser.add_argument("--trace", type=Path, default=None,
                         help="write a Chrome trace of the point drawings to this file")
     args = parser.parse_args()
-    n = 15 if args.quick else 60
+    n = 15 if args.quick else args.samples
     from playwright.sync_api import sync_playwright
 
     # The server's JSON log says, per annotation, how long it waited for the
@@ -359,7 +371,8 @@ def main() -> int:
 
     print(f"\nannotation round trip: pointer-up to anchored annotation on the same page "
           f"(loopback, {os.cpu_count()} cores)\n")
-    print(f"{'':28s}{'n':>5s}{'p50 ms':>9s}{'p90 ms':>9s}{'p99 ms':>9s}{'max ms':>9s}{'p50/ping':>10s}")
+    print(f"{'':28s}{'n':>5s}{'p50 ms':>9s}{'p90 ms':>9s}{'p99 ms':>9s}{'max ms':>9s}{'p50/ping':>10s}"
+          f"{'>= 50 ms':>10s}")
     base = results["ping_baseline"]["p50_ms"]
     for label, key in [("point", "point"), ("freehand stroke (40 samples)", "stroke_40"),
                        ("baseline: ping/pong", "ping_baseline"),
@@ -369,8 +382,8 @@ def main() -> int:
         r = results[key]
         r["ratio_to_ping_p50"] = r["p50_ms"] / base if base else None
         print(f"{label:28s}{r['n']:5d}{r['p50_ms']:9.1f}{r['p90_ms']:9.1f}{r['p99_ms']:9.1f}"
-              f"{r['max_ms']:9.1f}{r['ratio_to_ping_p50']:10.1f}")
-    goal_met = all(results[k]["p99_ms"] < 50.0 for k in ("point", "stroke_40"))
+              f"{r['max_ms']:9.1f}{r['ratio_to_ping_p50']:10.1f}{r['over_goal']:10d}")
+    goal_met = all(results[k]["p99_ms"] < GOAL_P99_MS for k in ("point", "stroke_40"))
     print("\nwhere it goes, p50 / p99 ms: page to server (the page's send, the network, the "
           "server's loop) | server | server to the page's handler | the server's part: waiting for the "
           "frame's pose, anchoring")
@@ -393,7 +406,7 @@ def main() -> int:
     report = {"benchmark": "annotation_roundtrip", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
               "crew_nice": args.crew_nice,
-              "results": results, "goal_p99_ms": 50.0, "goal_met": goal_met}
+              "results": results, "goal_p99_ms": GOAL_P99_MS, "goal_met": goal_met}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name in (f"annotation-roundtrip-{stamp}.json", "annotation-roundtrip-latest.json"):
