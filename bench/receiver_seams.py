@@ -89,7 +89,7 @@ def record_datagram_arrivals() -> None:
     the load generator's own, not the server's. So the time is the kernel's
     receive timestamp (`kernel_receive_time`), asked for right after the
     event loop read the datagram (an SRTP packet's header is not encrypted);
-    until 2026-11-26 13:40 it was the time of the read. Process-wide:
+    until 2026-11-26 13:20 it was the time of the read. Process-wide:
     aioice's protocol class is wrapped once.
     """
     if getattr(aioice.ice.StunProtocol, "_bench_arrivals", False):

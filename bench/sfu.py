@@ -34,12 +34,14 @@ What can bias the figures (points where it does are flagged in the output):
   about 85% busy). A frame's work arrives in one burst on every process at
   once, so queueing for a core adds to the latencies (the direct call,
   measured next to each N, has less of it).
-- Subscribers time a packet when their process reads its datagram (by the
-  clear RTP header: bench/receiver_seams.record_datagram_arrivals), not when
-  the kernel received it. Until 2026-11-26 11:40 they timed it when aiortc
-  handed it over, after its Python (about 90 us a packet, one frame's
-  packets for 7-8 subscribers per process); that queue is the load
-  generator's, and the report prints it separately.
+- Subscribers time a packet by the kernel's receive timestamp, asked for
+  when their process reads its datagram (by the clear RTP header:
+  bench/receiver_seams.record_datagram_arrivals); on loopback it is taken
+  inside the server's send. Until 2026-11-26 13:20 they timed it at the read
+  itself, and until 11:40 when aiortc handed it over, after its Python
+  (about 90 us a packet, one frame's packets for 7-8 subscribers per
+  process); that queue is the load generator's, and the report prints it
+  separately.
 - Network-level g2g stops when the frame is complete at the subscriber; a
   browser then waits in its jitter buffer and decodes. The decoding
   subscriber's figure includes aiortc's (one frame interval) and decoding.
@@ -1095,7 +1097,7 @@ def _legend(s: dict) -> list[str]:
                 "the server has no such counter."),
         ("g2g", "network level, per frame: the time its last missing packet arrived at a "
                 "subscriber's socket (the kernel's receive timestamp, matched by the clear RTP "
-                "header; since 2026-11-26 13:40. From 11:40 it was when the subscriber's "
+                "header; since 2026-11-26 13:20. From 11:40 it was when the subscriber's "
                 "process read the datagram, before that when aiortc handed it over after its "
                 "Python; the difference is printed below as the subscribers' own queue) "
                 "(the frame complete: every sequence number from its first to its "
