@@ -145,3 +145,46 @@ def test_the_benchmarks_aiortc_hooks_still_find_their_targets():
         assert isinstance(getattr(vpx, name), int), name
     assert callable(JitterBuffer.add)
     assert list(inspect.signature(vpx.Vp8Encoder.pack).parameters) == ["self", "packet"]
+
+
+async def test_the_benchmarks_subscribers_time_a_datagram_by_its_kernel_receive_timestamp():
+    """bench/receiver_seams.py times each RTP datagram a subscriber reads by the
+    kernel's receive timestamp (SIOCGSTAMPNS), through aioice's protocol class:
+    a datagram read late must still carry the time it arrived."""
+    import asyncio
+    import importlib.util
+    import socket
+    import time
+
+    spec = importlib.util.spec_from_file_location(
+        "receiver_seams", Path(__file__).resolve().parent.parent / "bench" / "receiver_seams.py")
+    seams = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seams)
+    assert callable(aioice.ice.StunProtocol.datagram_received)
+
+    loop = asyncio.get_running_loop()
+    got: asyncio.Queue = asyncio.Queue()
+
+    class Reader(asyncio.DatagramProtocol):
+        def connection_made(self, transport) -> None:
+            self.fd = transport.get_extra_info("socket").fileno()
+
+        def datagram_received(self, data: bytes, addr) -> None:
+            got.put_nowait((data, seams.kernel_receive_time(self.fd), time.time()))
+
+    transport, reader = await loop.create_datagram_endpoint(Reader, local_addr=("127.0.0.1", 0))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        target = transport.get_extra_info("sockname")
+        sender.sendto(b"first", target)  # its read turns timestamping on
+        await got.get()
+        sent = time.time()
+        sender.sendto(b"second", target)
+        time.sleep(0.05)  # the event loop reads it 50 ms late
+        data, stamped, read = await got.get()
+        assert data == b"second"
+        assert stamped is not None and sent - 0.001 <= stamped < sent + 0.02
+        assert read - stamped > 0.04
+    finally:
+        sender.close()
+        transport.close()
