@@ -1181,7 +1181,10 @@ def report(result: dict, settings: dict) -> str:
     text = [
         f"SFU benchmark: one {s['width']}x{s['height']} {s['fps']} fps VP8 publisher at "
         f"{s['bitrate_bps'] / 1e6:.2f} Mbit/s, {s['seconds']:g} s per point after "
-        f"{s['warmup_s']:g} s warm-up, {result['machine']['cores']} cores",
+        f"{s['warmup_s']:g} s warm-up, {result['machine']['cores']} cores"
+        + (f", servers at nice {s['server_nice']} (higher priority than the load generator)"
+           if s.get("server_nice", 0) < 0 else
+           f", servers at nice {s['server_nice']}" if s.get("server_nice") else ""),
         "",
         table(rows),
         "",
