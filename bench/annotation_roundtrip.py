@@ -6,7 +6,7 @@ annotation back on that page, on loopback.
     python bench/annotation_roundtrip.py --samples 60
 
 Why 200: a p99 is only as good as the samples behind it. Of 60 (the count
-until 2026-11-26 14:20) it is the second-largest value, so one stalled sample
+until 2026-11-26 13:15) it is the second-largest value, so one stalled sample
 decides it; of 200 it is the third-largest. The table also counts the samples
 over the goal.
 
