@@ -12,7 +12,7 @@ import pytest
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 
-from server.sfu import fastpath
+from server.sfu import _fanout, fastpath
 from server.sfu.fastpath import DirectRoute, FastFanout
 
 KEY = bytes(range(30))  # AES_CM_128_HMAC_SHA1_80: 16-byte key, 14-byte salt
@@ -149,7 +149,35 @@ def test_bad_targets_are_refused_with_the_reason(link) -> None:
     assert len(fanout) == 0
     fanout.admit(1, bad, 0, 0, 0)
     jumbo = source(1)
-    jumbo.payload = bytes(1549)  # no WebRTC sender makes these; the producer counts it lost
+    jumbo.payload = bytes(_fanout.MAX_PAYLOAD + 1)  # no WebRTC sender makes these; the producer counts it lost
     with pytest.raises(ValueError, match="payload size"):
         fanout.send(jumbo, 1, b"\0\0\0")
     assert fanout.counters(1)["packets"] == 0
+
+
+def test_the_largest_packet_fits_its_history_slot(link) -> None:
+    """With the longest header a target can have (a 32-byte prefix, abs-send-time,
+    audio level: 40 bytes of elements) the largest payload the table takes still
+    fits the clear copy it keeps: the neighbouring slot is untouched, and the
+    subscriber is sent the whole payload. (It once took 4 bytes more, which ran
+    over into the next slot.)"""
+    sender, receiver = link
+    tx, _ = sessions()
+    fanout = FastFanout()
+    prefix = bytes([(MID_ID << 4) | 15]) + b"m" * 16 + bytes(14) + bytes([(AST_ID << 4) | 2])
+    assert len(prefix) == 32  # the longest admit() takes
+    longest = DirectRoute(**{**route(tx, sender, receiver, level_id=LEVEL_ID).__dict__, "ext_prefix": prefix})
+    fanout.admit(1, longest, 0, 0, 0)
+    fanout.send(source(2), 2, b"\0\0\0")
+    neighbour = fanout.history(1, 2)
+    receiver.recv(2048)
+    biggest = source(1, level=(True, 30))
+    biggest.payload = bytes(range(256)) * 6 + bytes(_fanout.MAX_PAYLOAD - 1536)
+    assert fanout.send(biggest, 1, b"\0\0\0") == 1
+    assert fanout.history(1, 2) == neighbour
+    # (pylibsrtp unprotects nothing over 1,500 bytes: the clear copy kept for
+    # retransmission is what the subscriber would decrypt.)
+    kept = fanout.history(1, 1)
+    got = RtpPacket.parse(kept, extensions_map())
+    assert got.payload == biggest.payload and got.extensions.audio_level == (True, 30)
+    assert len(receiver.recv(2048)) == len(kept) + 10  # AES_CM_128_HMAC_SHA1_80's tag

@@ -37,6 +37,9 @@ typedef int (*protect_fn)(void *session, void *packet, int *length);
 #define MAX_PACKET 1600      /* clear RTP packet, header included */
 #define TRAILER 144          /* pylibsrtp's SRTP_MAX_TRAILER_LEN */
 #define MAX_EXT 40
+/* The largest payload whose packet fits MAX_PACKET with the longest header a
+   target can have: 12 bytes, the extension block's 4, MAX_EXT of elements. */
+#define MAX_PAYLOAD (MAX_PACKET - 16 - MAX_EXT)
 
 typedef struct {
     uint16_t seq;
@@ -241,7 +244,7 @@ static PyObject *Fanout_send(Fanout *self, PyObject *const *args, Py_ssize_t nar
     long long ext_seq = PyLong_AsLongLong(args[2]);
     unsigned long timestamp = PyLong_AsUnsignedLong(args[3]);
     long level = PyLong_AsLong(args[5]);
-    if (PyErr_Occurred() || marker < 0 || ast.len != 3 || payload.len > MAX_PACKET - 12 - MAX_EXT) {
+    if (PyErr_Occurred() || marker < 0 || ast.len != 3 || payload.len > MAX_PAYLOAD) {
         PyBuffer_Release(&payload);
         PyBuffer_Release(&ast);
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "send(): bad abs_send_time or payload size");
@@ -361,5 +364,6 @@ PyMODINIT_FUNC PyInit__fanout(void) {
         return NULL;
     }
     PyModule_AddIntConstant(m, "HISTORY", HISTORY);
+    PyModule_AddIntConstant(m, "MAX_PAYLOAD", MAX_PAYLOAD);
     return m;
 }

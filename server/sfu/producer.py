@@ -122,9 +122,9 @@ class Producer:
             try:
                 fast.send(packet, ext, abs_send_time)
             except ValueError:
-                # A payload past what fits a datagram with our header (1548
-                # bytes): not from a WebRTC sender. Lost for the C loop's
-                # members, who recover as from any loss.
+                # A payload past what fits a datagram with our longest header
+                # (_fanout.MAX_PAYLOAD, 1544 bytes): not from a WebRTC sender.
+                # Lost for the C loop's members, who recover as from any loss.
                 self._forwarding_failed(None)
         for consumer in consumers:
             if consumer.fast:
