@@ -135,6 +135,9 @@ async def test_one_failing_consumer_does_not_cost_the_others_the_packet():
         fast = False
         id = "failing"
 
+        def enter_fast(self, fast, producer_ext):
+            return False
+
         async def forward(self, packet, abs_send_time):
             raise RuntimeError("this subscriber's transport broke in an unexpected way")
 
@@ -142,6 +145,9 @@ async def test_one_failing_consumer_does_not_cost_the_others_the_packet():
         waiting_for_keyframe = False
         fast = False
         id = "healthy"
+
+        def enter_fast(self, fast, producer_ext):
+            return False
 
         def __init__(self) -> None:
             self.got: list[int] = []

@@ -63,11 +63,15 @@ class UltrasoundTap:
     """A subscriber of the ultrasound producer that decodes and runs the model.
 
     It quacks like an SFU Consumer (id, waiting_for_keyframe, wants_keyframe,
-    forward, close), so the producer feeds it like any other subscriber (in
-    Python: it decodes, so the C fan-out has nothing to offer it).
+    fast, enter_fast, forward, close), so the producer feeds it like any other
+    subscriber (in Python: it decodes, so the C fan-out has nothing to offer it).
     """
 
     fast = False
+
+    def enter_fast(self, fast: object, producer_ext: int) -> bool:
+        """Never: it decodes what it gets, so it stays on the Python path."""
+        return False
 
     def __init__(self, producer: Producer, model: LoadedModel, runtime: InferenceRuntime,
                  on_result: Callable[[LiveResult], None]) -> None:

@@ -146,8 +146,7 @@ class Consumer:
         if self._route is not None and self._injector.route_holds(self._route):
             counters = fast.counters(id(self))
             self._injector.sync_fast(counters)
-            if counters:
-                self.packets_out = self._fast_base + counters["packets"]
+            self._count_fast(counters)
             return
         self.leave_fast(fast, producer_ext)
 
@@ -157,10 +156,13 @@ class Consumer:
             return
         counters, kept = fast.release(id(self))
         self._injector.end_fast(counters, kept)
-        if counters:
-            self.packets_out = self._fast_base + counters["packets"]
+        self._count_fast(counters)
         self._highest_ext = max(self._highest_ext, producer_ext - self._ext_shift)
         self.fast, self._route = False, None
+
+    def _count_fast(self, counters: dict | None) -> None:
+        if counters:
+            self.packets_out = self._fast_base + counters["packets"]
 
     def _send_failed(self) -> None:
         """Transport gone, or SRTP refused the packet: this subscriber starts over

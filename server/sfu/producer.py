@@ -150,7 +150,7 @@ class Producer:
             for consumer in consumers:
                 if consumer.fast:
                     consumer.tend_fast(fast, ext)
-                elif hasattr(consumer, "enter_fast"):
+                else:
                     consumer.enter_fast(fast, ext)
 
     def _forwarding_failed(self, consumer: Consumer | None) -> None:
