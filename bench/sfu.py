@@ -48,8 +48,11 @@ What can bias the figures (points where it does are flagged in the output):
 - Subscribers send no REMB (bench/receiver_seams.py says why); the encoders
   are pinned to one bitrate anyway.
 - "+direct" compares percentiles of runs made one after another.
-- Forwarding delay is what the SFU measures itself, from its packet tap to the
-  last consumer's send: receive-side (UDP, SRTP) time is outside it.
+- Forwarding delay is what the SFU measures itself, from a datagram's arrival
+  in Python to the last consumer's send (since 2026-11-26 15:20: SRTP
+  decryption and parsing inside it; before, and for
+  goldenhour-after-receiver, from its packet tap after aiortc's receive path).
+  Time in the server's socket buffer is outside it.
 - The baseline's re-encoders run at the same pinned bitrate; with aiortc's
   default buffered MediaRelay overload shows as growing latency, then as lost
   frames (`--relay-unbuffered` drops instead). Its RTP timestamps are its
@@ -85,14 +88,18 @@ REPO = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 REPLY_PREFIX = "@@"
 
-SYSTEMS = ("direct", "goldenhour", "goldenhour-python", "relay")
+SYSTEMS = ("direct", "goldenhour", "goldenhour-python", "goldenhour-after-receiver", "relay")
+#: What a run measures unless told (--systems).
+DEFAULT_SYSTEMS = ("direct", "goldenhour", "goldenhour-python", "relay")
 #: The servers measured (the direct call is the reference for each N).
-SERVER_SYSTEMS = ("goldenhour", "goldenhour-python", "relay")
+SERVER_SYSTEMS = ("goldenhour", "goldenhour-python", "goldenhour-after-receiver", "relay")
 SYSTEM_LABELS = {"goldenhour": "GoldenHour SFU", "goldenhour-python": "GoldenHour, Python fan-out",
+                 "goldenhour-after-receiver": "GoldenHour, forwarding after aiortc's receiver",
                  "relay": "aiortc MediaRelay", "direct": "direct call"}
 #: Extra environment of each server: the same GoldenHour server with its C
 #: fan-out loop turned off is the baseline of that loop, in the same run.
-SERVER_ENV = {"goldenhour-python": {"GOLDENHOUR_FANOUT": "python"}}
+SERVER_ENV = {"goldenhour-python": {"GOLDENHOUR_FANOUT": "python"},
+              "goldenhour-after-receiver": {"GOLDENHOUR_FORWARD": "after-receiver"}}
 
 #: The issue's goals for the SFU.
 GOALS = {
@@ -985,8 +992,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="measurement window per point (default 30; 3 with --quick)")
     parser.add_argument("--subscribers", default=None,
                         help="comma-separated N values (default 1,4,16; 1,4 with --quick)")
-    parser.add_argument("--systems", default=",".join(SYSTEMS),
-                        help=f"comma-separated, from {', '.join(SYSTEMS)}")
+    parser.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                        help=f"comma-separated, from {', '.join(SYSTEMS)} (default: all "
+                             "but goldenhour-after-receiver, the on-arrival path's baseline)")
     parser.add_argument("--quick", action="store_true",
                         help="development run: a few seconds per point, N = 1,4")
     parser.add_argument("--warmup", type=float, default=None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fractions
 import inspect
 import re
+import time
 from pathlib import Path
 
 import aioice.ice
@@ -188,3 +189,112 @@ async def test_the_benchmarks_subscribers_time_a_datagram_by_its_kernel_receive_
     finally:
         sender.close()
         transport.close()
+
+
+async def test_packets_taken_on_arrival_still_pass_through_the_receivers_bookkeeping():
+    """forward_on_arrival hands a stream's packets over as their datagrams
+    arrive, decrypted and in order; aiortc's receiver still counts them (its
+    RTCP reports depend on it) and its tap does not hand them over again."""
+    import asyncio
+
+    from aiortc.mediastreams import AudioStreamTrack
+
+    aiortc_seams.use_loopback_ice(True, only=True)
+    sender_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    receiver_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    tapped: list[int] = []
+    arrived: list[int] = []
+    first = asyncio.get_running_loop().create_future()
+    try:
+        sender_pc.addTrack(AudioStreamTrack())
+        await sender_pc.setLocalDescription(await sender_pc.createOffer())
+        await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+        receiver = receiver_pc.getTransceivers()[0].receiver
+
+        async def on_tapped(packet) -> None:
+            tapped.append(packet.sequence_number)
+            if not first.done():
+                first.set_result(packet)
+        aiortc_seams.tap_receiver(receiver, on_tapped)
+        await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+        await sender_pc.setRemoteDescription(receiver_pc.localDescription)
+
+        packet = await asyncio.wait_for(first, 10)
+        enough = asyncio.get_running_loop().create_future()
+
+        def on_arrival(packet, arrived_at: float) -> None:
+            assert 0 < arrived_at <= time.perf_counter()
+            arrived.append(packet.sequence_number)
+            if len(arrived) == 40 and not enough.done():
+                enough.set_result(None)
+        stop = aiortc_seams.forward_on_arrival(receiver, packet.ssrc, packet.payload_type,
+                                               on_arrival)
+        await asyncio.wait_for(enough, 10)
+        tapped_before_stop = len(tapped)
+        stop()
+        count_after_stop = len(arrived)
+        await_tap = len(tapped) + 5
+        async with asyncio.timeout(10):
+            while len(tapped) < await_tap:
+                await asyncio.sleep(0.02)
+
+        # In order, none missing, and never handed over twice.
+        assert arrived[:count_after_stop] == list(range(arrived[0], arrived[0] + count_after_stop))
+        assert not set(arrived) & set(tapped[1:])
+        assert tapped_before_stop <= len(tapped) - 5
+        # After stop() the tap has them again, and nothing arrives early.
+        assert len(arrived) == count_after_stop
+        # The receiver counted every packet, the ones taken on arrival included.
+        report = await receiver.getStats()
+        inbound = next(s for s in report.values() if s.type == "inbound-rtp")
+        assert inbound.packetsReceived >= len(tapped) + len(arrived)
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+
+
+async def test_an_arrival_handler_that_fails_costs_nothing_but_its_packet():
+    """A handler's exception never reaches aioice's datagram callback: the
+    packet goes on to aiortc, which counts it, and the connection stays up."""
+    import asyncio
+
+    from aiortc.mediastreams import AudioStreamTrack
+
+    aiortc_seams.use_loopback_ice(True, only=True)
+    sender_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    receiver_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    first = asyncio.get_running_loop().create_future()
+    failures: list[int] = []
+    try:
+        sender_pc.addTrack(AudioStreamTrack())
+        await sender_pc.setLocalDescription(await sender_pc.createOffer())
+        await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+        receiver = receiver_pc.getTransceivers()[0].receiver
+
+        async def on_tapped(packet) -> None:
+            if not first.done():
+                first.set_result(packet)
+        aiortc_seams.tap_receiver(receiver, on_tapped)
+        await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+        await sender_pc.setRemoteDescription(receiver_pc.localDescription)
+        packet = await asyncio.wait_for(first, 10)
+
+        def failing(packet, arrived_at: float) -> None:
+            failures.append(packet.sequence_number)
+            raise RuntimeError("a broken handler")
+        aiortc_seams.forward_on_arrival(receiver, packet.ssrc, packet.payload_type, failing)
+
+        async def received() -> int:
+            report = await receiver.getStats()
+            return next(s for s in report.values() if s.type == "inbound-rtp").packetsReceived
+        before = await received()
+        async with asyncio.timeout(10):
+            while len(failures) < 20:
+                await asyncio.sleep(0.02)
+        assert await received() >= before + 15
+        assert receiver_pc.connectionState == "connected"
+        arrivals = getattr(receiver.transport, "_goldenhour_arrivals")
+        assert arrivals.errors == len(failures)
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()

@@ -206,3 +206,27 @@ def test_a_consumer_taking_over_a_transceiver_continues_its_sequence_numbers():
     second = Consumer(StubProducer(), injector, "subscriber")  # the next crew's camera
     asyncio.run(feed(second, 7, 10))
     assert [seq for seq, _ in injector.sent] == list(range(500, 520))
+
+
+async def test_a_request_while_one_is_deferred_is_answered_by_the_deferred_one():
+    """The coalescing window has passed but the deferred request's timer has
+    not run yet (the event loop is busy with a burst of datagrams): a new ask
+    must not send a second request upstream next to the deferred one."""
+    from server.sfu.producer import KEYFRAME_REQUEST_INTERVAL_S, Producer
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        receiver = pc.addTransceiver("video", direction="recvonly").receiver
+        producer = Producer(receiver, "video", "video/VP8", {}, "crew")
+        producer.media_ssrc = 1234
+        producer.request_keyframe()  # goes at once
+        producer.request_keyframe()  # deferred to the window's end
+        assert producer.keyframe_requests_sent == 1 and producer._deferred is not None
+        # The window is over; the deferred request is due but has not run.
+        producer.last_keyframe_request_at -= KEYFRAME_REQUEST_INTERVAL_S
+        producer.request_keyframe()
+        assert producer.keyframe_requests_sent == 1
+        assert producer._deferred is not None  # the one request still to go
+        producer.close()
+    finally:
+        await pc.close()

@@ -59,6 +59,10 @@ async def test_three_subscribers_each_decode_frames_whose_counter_advances(world
         stats = (await http.get(f"{world.server.http}/api/stats")).json()
     flags = [c["c_loop"] for producer in stats for c in producer["consumers"]]
     assert len(flags) == 6 and set(flags) == {fanout == "c"}
+    # Forwarded as their datagrams arrived: all but the first few packets
+    # (those before the stream's SSRC was known).
+    for producer in stats:
+        assert producer["packets_on_arrival"] > producer["packets_in"] - 20, producer
     # All three watch the same live stream: their frame counters overlap.
     assert len(set.intersection(*(set(c.frame_id for c in codes) for codes in results))) > 5
 
@@ -267,7 +271,7 @@ async def test_keyframe_requests_from_subscribers_are_coalesced_upstream(world: 
     # Coalesced: upstream requests are never closer than the interval, whoever
     # asked (our ten asks, a subscriber's own PLI, a join-time re-ask)...
     sent = list(producer.keyframe_request_times)
-    assert all(b - a >= KEYFRAME_REQUEST_INTERVAL_S - 1e-3 for a, b in zip(sent, sent[1:]))
+    assert all(b - a >= KEYFRAME_REQUEST_INTERVAL_S - 1e-3 for a, b in zip(sent, sent[1:])), [round(b - a, 4) for a, b in zip(sent, sent[1:])]
     # ...so the ten asks, made within a few milliseconds, became one or two
     # requests (on a busy machine, one more per interval the asking spanned).
     window_end = last_asked + KEYFRAME_REQUEST_INTERVAL_S + 0.05
@@ -312,6 +316,51 @@ async def test_packet_loss_to_one_subscriber_is_repaired_by_retransmission(world
     for codes in (lossy_codes, clean_codes):
         ids = [c.frame_id for c in codes]
         assert max(b - a for a, b in zip(ids, ids[1:])) == 1, ids
+
+
+async def test_packet_loss_from_the_crew_is_repaired_before_it_reaches_the_experts(
+        world: World, fanout: str):
+    """Loss on the crew's uplink: the server's receiver asks the crew again
+    (NACK), the retransmission comes back over RTX, past the on-arrival path,
+    and is forwarded late to every expert, who never miss a frame."""
+    await world.crew()
+    experts = [await world.expert(f"e{i}") for i in range(2)]
+    remotes = [await e.wait_for_track("video") for e in experts]
+    for remote in remotes:
+        await read_frame_codes(remote.track, 5)
+    room = world.server.app.state.registry.get("demo")
+    producer = room.router.producer(remotes[0].info["producer_id"])
+    assert producer.packets_on_arrival > 0
+    dropped: set[int] = set()
+
+    def lose_every_25th(ssrc: int, payload_type: int, seq: int) -> bool:
+        if ssrc == producer.media_ssrc and seq % 25 == 0 and seq not in dropped:
+            dropped.add(seq)
+            return True
+        return False
+    aiortc_seams.drop_arriving_rtp(producer._receiver.transport, lose_every_25th)
+    late_before = producer.packets_in - producer.packets_on_arrival
+
+    results = await asyncio.gather(*(read_frame_codes(r.track, 60) for r in remotes))
+    assert len(dropped) >= 3
+    # The retransmissions took the path after aiortc's receiver.
+    assert producer.packets_in - producer.packets_on_arrival - late_before >= len(dropped) - 1
+    for codes in results:
+        ids = [c.frame_id for c in codes]
+        assert max(b - a for a, b in zip(ids, ids[1:])) == 1, ids
+
+
+async def test_forwarding_after_the_receiver_still_works_when_chosen(world: World, monkeypatch):
+    """GOLDENHOUR_FORWARD=after-receiver (the way out, and the benchmark's
+    comparison) forwards from the receiver's tap alone."""
+    monkeypatch.setenv("GOLDENHOUR_FORWARD", "after-receiver")
+    await world.crew()
+    expert = await world.expert("doc")
+    remote = await expert.wait_for_track("video")
+    assert _advancing(await read_frame_codes(remote.track, 15))
+    room = world.server.app.state.registry.get("demo")
+    producer = room.router.producer(remote.info["producer_id"])
+    assert producer.packets_in > 15 and producer.packets_on_arrival == 0
 
 
 async def test_h264_is_forwarded_and_the_server_decodes_nothing(world: World):

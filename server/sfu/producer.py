@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import os
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiortc import RTCRtpReceiver
@@ -28,6 +30,13 @@ KEYFRAME_REQUEST_INTERVAL_S = 0.3
 KEYFRAME_RETRY_S = 0.5
 
 
+def forward_on_arrival_enabled() -> bool:
+    """Whether producers forward a packet as its datagram arrives (the
+    default), or only after aiortc's receiver has handled it
+    (GOLDENHOUR_FORWARD=after-receiver, for comparisons and as a way out)."""
+    return os.environ.get("GOLDENHOUR_FORWARD", "on-arrival").lower() != "after-receiver"
+
+
 class Producer:
     """One encoded track arriving from a publisher (the glasses' camera, a microphone).
 
@@ -44,6 +53,8 @@ class Producer:
         self.peer_id = peer_id
         self.media_ssrc: int | None = None
         self.packets_in = 0
+        #: Of those, the packets forwarded as their datagram arrived.
+        self.packets_on_arrival = 0
         #: RTP timestamp of the latest packet (None before the first).
         self.last_timestamp: int | None = None
         #: Set when the first packet arrives.
@@ -62,12 +73,15 @@ class Producer:
         self._deferred: asyncio.TimerHandle | None = None
         self._retry: asyncio.TimerHandle | None = None
         self._closed = False
-        self._requests: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()
         self._loop = asyncio.get_event_loop()
         #: The C loop for steady consumers (None: every copy in Python).
         self._fast = fastpath.FastFanout() if fastpath.enabled() else None
         #: The sequence number of the newest packet, extended past 16 bits.
         self._highest_ext: int | None = None
+        #: The SSRC whose packets are taken on arrival, and what stops that.
+        self._forwarding_on_arrival: int | None = None
+        self._stop_arrivals: Callable[[], None] | None = None
         aiortc_seams.tap_receiver(receiver, self._on_packet)
         if kind == "video":
             aiortc_seams.throttle_remb(receiver)
@@ -105,7 +119,42 @@ class Producer:
         return ext
 
     async def _on_packet(self, packet: RtpPacket) -> None:
+        """A packet from the receiver's tap, after aiortc's receive path: the
+        first packets, and retransmissions (unwrapped from RTX). Once the
+        stream is known its packets are taken on arrival (`_on_arrival`)."""
         arrived = time.perf_counter()
+        if self._forwarding_on_arrival != packet.ssrc and not self._closed \
+                and forward_on_arrival_enabled():
+            if self._stop_arrivals is not None:
+                self._stop_arrivals()
+            self._stop_arrivals = aiortc_seams.forward_on_arrival(
+                self._receiver, packet.ssrc, packet.payload_type, self._on_arrival)
+            self._forwarding_on_arrival = packet.ssrc
+        for consumer, pending in self._forward(packet, arrived):
+            try:
+                await pending
+            except Exception:
+                self._forwarding_failed(consumer)
+
+    def _on_arrival(self, packet: RtpPacket, arrived: float) -> None:
+        """A packet of the stream, decrypted as its datagram arrived."""
+        self.packets_on_arrival += 1
+        pending = self._forward(packet, arrived)
+        if pending:
+            task = self._loop.create_task(self._finish(pending))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _finish(self, pending: list[tuple[Consumer, Awaitable[None]]]) -> None:
+        for consumer, sending in pending:
+            try:
+                await sending
+            except Exception:
+                self._forwarding_failed(consumer)
+
+    def _forward(self, packet: RtpPacket, arrived: float) -> list[tuple[Consumer, Awaitable[None]]]:
+        """Send `packet` to every consumer; returns the sends still to await
+        (consumers whose direct path is not open yet)."""
         self.media_ssrc = packet.ssrc
         self.last_timestamp = packet.timestamp
         self.packets_in += 1
@@ -113,8 +162,9 @@ class Producer:
             self.flowing.set()
         ext = self._extend(packet.sequence_number)
         consumers = self._consumers
+        pending: list[tuple[Consumer, Awaitable[None]]] = []
         if not consumers or self._closed:
-            return
+            return pending
         is_key = None
         abs_send_time = aiortc_seams.abs_send_time_now()
         fast = self._fast
@@ -135,9 +185,9 @@ class Producer:
                 if not is_key:
                     continue
             try:
-                pending = consumer.forward(packet, abs_send_time)
-                if pending is not None:  # its direct path is not open yet
-                    await pending
+                sending = consumer.forward(packet, abs_send_time)
+                if sending is not None:  # its direct path is not open yet
+                    pending.append((consumer, sending))
             except Exception:
                 # One subscriber's failure must not cost the others this packet.
                 self._forwarding_failed(consumer)
@@ -152,6 +202,7 @@ class Producer:
                     consumer.tend_fast(fast, ext)
                 else:
                     consumer.enter_fast(fast, ext)
+        return pending
 
     def _forwarding_failed(self, consumer: Consumer | None) -> None:
         self.forwarding_errors += 1
@@ -169,9 +220,11 @@ class Producer:
             return
         now = self._loop.time()
         wait = self.last_keyframe_request_at + KEYFRAME_REQUEST_INTERVAL_S - now
-        if wait <= 0:
+        if self._deferred is not None:
+            pass  # the deferred request answers this one too
+        elif wait <= 0:
             self._send_keyframe_request()
-        elif self._deferred is None:
+        else:
             self._deferred = self._loop.call_later(wait, self._send_keyframe_request)
         self._arm_retry()
 
@@ -186,8 +239,8 @@ class Producer:
         self.keyframe_requests_sent += 1
         task = self._loop.create_task(
             aiortc_seams.request_keyframe(self._receiver, self.media_ssrc))
-        self._requests.add(task)
-        task.add_done_callback(self._requests.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _arm_retry(self) -> None:
         if self._retry is None and not self._closed:
@@ -203,7 +256,10 @@ class Producer:
         for handle in (self._deferred, self._retry):
             if handle is not None:
                 handle.cancel()
-        for task in self._requests:
+        if self._stop_arrivals is not None:
+            self._stop_arrivals()
+            self._stop_arrivals = None
+        for task in self._tasks:
             task.cancel()
         for consumer in list(self._consumers):
             consumer.close()

@@ -62,6 +62,7 @@ class Router:
             out.append({
                 "producer_id": p.id, "peer_id": p.peer_id, "kind": p.kind,
                 "codec": p.mime_type, "packets_in": p.packets_in,
+                "packets_on_arrival": p.packets_on_arrival,
                 "keyframe_requests_sent": p.keyframe_requests_sent,
                 "consumers": [{"consumer_id": c.id, "subscriber_id": c.subscriber_id,
                                "packets_out": c.packets_out,
