@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import pylibsrtp
 import pytest
@@ -106,6 +107,40 @@ def test_each_copy_carries_its_subscribers_header_and_decrypts(link) -> None:
     assert len(fanout) == 0
 
 
+def test_a_burst_goes_to_each_subscriber_whole_before_the_next(link) -> None:
+    """send_many: each target gets every packet of the burst, in order and in
+    one sendmmsg, before the next target gets any; a target that started
+    inside the burst gets only its own part; more packets than one call's
+    batch go out in turns."""
+    sender, receiver = link
+    tx, rx = sessions()
+    tx2, rx2 = sessions()
+    fanout = FastFanout()
+    fanout.admit(1, route(tx, sender, receiver), seq_offset=0, timestamp_offset=0, start_ext=100)
+    fanout.admit(2, route(tx2, sender, receiver), seq_offset=500, timestamp_offset=0, start_ext=103)
+    burst = [(source(ext, marker=ext == 108), ext) for ext in range(100, 109)]
+    before = time.time()
+    done = fanout.send_many(burst, b"\0\0\1")
+    assert len(done) == 2 and before <= done[0] <= done[1] <= time.time()
+    arrivals = [receiver.recv(2048) for _ in range(15)]
+    first = [RtpPacket.parse(rx.unprotect(d), extensions_map()) for d in arrivals[:9]]
+    second = [RtpPacket.parse(rx2.unprotect(d), extensions_map()) for d in arrivals[9:]]
+    assert [p.sequence_number for p in first] == list(range(100, 109))
+    assert [p.sequence_number for p in second] == list(range(603, 609))
+    assert [p.marker for p in second] == [0] * 5 + [1]
+    assert all(p.payload == bytes([p.sequence_number & 0xFF]) * 900 for p in first)
+    assert fanout.history(2, 608) is not None and fanout.history(2, 602) is None
+    assert fanout.counters(1)["packets"] == 9 and fanout.counters(2)["last_seq"] == 608
+    long_burst = [(source(ext), ext) for ext in range(200, 200 + _fanout.BATCH + 3)]
+    assert len(fanout.send_many(long_burst, b"\0\0\1")) == 2
+    assert fanout.counters(1)["packets"] == 9 + len(long_burst)
+    seqs = [RtpPacket.parse((rx if i % 2 == 0 else rx2).unprotect(receiver.recv(2048)),
+                            extensions_map()).sequence_number
+            for i in range(2) for _ in range(_fanout.BATCH)]
+    assert seqs[:_fanout.BATCH] == list(range(200, 200 + _fanout.BATCH))
+    assert seqs[_fanout.BATCH:] == list(range(700, 700 + _fanout.BATCH))
+
+
 def test_audio_level_is_written_where_negotiated(link) -> None:
     sender, receiver = link
     tx, rx = sessions()
@@ -150,8 +185,12 @@ def test_bad_targets_are_refused_with_the_reason(link) -> None:
     fanout.admit(1, bad, 0, 0, 0)
     jumbo = source(1)
     jumbo.payload = bytes(_fanout.MAX_PAYLOAD + 1)  # no WebRTC sender makes these; the producer counts it lost
-    with pytest.raises(ValueError, match="payload size"):
+    with pytest.raises(ValueError, match="over MAX_PAYLOAD"):
         fanout.send(jumbo, 1, b"\0\0\0")
+    with pytest.raises(ValueError, match="over MAX_PAYLOAD"):
+        fanout.send_many([(source(2), 2), (jumbo, 3)], b"\0\0\0")
+    with pytest.raises(TypeError, match="a packet is"):
+        fanout._table.send_many([(b"payload", 0, 4)], b"\0\0\0")
     assert fanout.counters(1)["packets"] == 0
 
 

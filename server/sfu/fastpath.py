@@ -64,6 +64,16 @@ def session_address(session: pylibsrtp.Session) -> int:
     return int(_srtp_ffi.cast("uintptr_t", session._srtp[0]))  # type: ignore[attr-defined]
 
 
+#: The largest payload the C loop takes (its history slots' size less the
+#: longest header); 0 without the loop.
+MAX_PAYLOAD = _fanout.MAX_PAYLOAD if _fanout is not None else 0
+
+
+def _level(packet: RtpPacket) -> int:
+    level = packet.extensions.audio_level
+    return -1 if level is None else (0x80 if level[0] else 0) | level[1]
+
+
 @dataclass(frozen=True)
 class DirectRoute:
     """Everything the C loop needs to send one subscriber's copies, and what
@@ -96,10 +106,16 @@ class FastFanout:
         return len(self._table)
 
     def send(self, packet: RtpPacket, ext_seq: int, abs_send_time: bytes) -> int:
-        level = packet.extensions.audio_level
         return self._table.send(packet.payload, packet.marker, ext_seq, packet.timestamp,
-                                abs_send_time, -1 if level is None else
-                                (0x80 if level[0] else 0) | level[1])
+                                abs_send_time, _level(packet))
+
+    def send_many(self, packets: list[tuple[RtpPacket, int]], abs_send_time: bytes) -> list[float]:
+        """Send packets that arrived together ((packet, extended sequence number),
+        in arrival order): each member gets all of them, in one system call,
+        before the next member gets any. Returns when each member that was
+        sent any had them (time.time()'s clock)."""
+        return self._table.send_many([(p.payload, p.marker, ext, p.timestamp, _level(p))
+                                      for p, ext in packets], abs_send_time)
 
     def admit(self, key: int, route: DirectRoute, seq_offset: int, timestamp_offset: int,
               start_ext: int) -> None:
