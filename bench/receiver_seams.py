@@ -9,14 +9,14 @@ there, with a test each, is the better home if anything else ever does.
 
 from __future__ import annotations
 
-import fcntl
-import struct
 import time
 from collections.abc import Callable
 
 import aioice.ice
 from aiortc import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
+
+from server.sfu.timestamps import kernel_receive_time
 
 TESTED_AIORTC = "1.16.0"
 
@@ -57,27 +57,9 @@ def stop_remb(receiver: RTCRtpReceiver) -> None:
 #: (the kernel's receive timestamp; time.time()'s clock).
 arrivals: dict[tuple[int, int], float] = {}
 _ARRIVALS_MAX = 200_000
-#: ioctl: the receive time of the last datagram read from a socket, as a
-#: struct timespec (linux/sockios.h SIOCGSTAMPNS_OLD; 64-bit time_t here).
-_SIOCGSTAMPNS = 0x8907
 #: Datagrams timed by the kernel, and by the time this process read them
 #: (where the kernel had no timestamp: the first datagram on a socket).
 stamps = {"kernel": 0, "read": 0}
-
-
-def kernel_receive_time(fd: int) -> float | None:
-    """When the kernel received the datagram last read from socket `fd`
-    (CLOCK_REALTIME, as time.time()), or None where it has not timed one.
-
-    The first call turns timestamping on for the socket, so the datagram
-    already read then has no timestamp. On loopback the timestamp is taken
-    inside the sender's send call.
-    """
-    try:
-        sec, nsec = struct.unpack("qq", fcntl.ioctl(fd, _SIOCGSTAMPNS, bytes(16)))
-    except OSError:
-        return None
-    return sec + nsec * 1e-9
 
 
 def record_datagram_arrivals() -> None:

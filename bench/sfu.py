@@ -49,10 +49,11 @@ What can bias the figures (points where it does are flagged in the output):
   are pinned to one bitrate anyway.
 - "+direct" compares percentiles of runs made one after another.
 - Forwarding delay is what the SFU measures itself, from a datagram's arrival
-  in Python to the last consumer's send (since 2026-11-26 15:20: SRTP
-  decryption and parsing inside it; before, and for
-  goldenhour-after-receiver, from its packet tap after aiortc's receive path).
-  Time in the server's socket buffer is outside it.
+  at the server's socket (its kernel receive timestamp) to each copy handed
+  to the kernel ('fwd', the goal's figure) and to its last copy ('last
+  copy'). Since 2026-11-26 15:50; before, from the packet's tap after
+  aiortc's receive path to its last copy (no time in the socket buffer or
+  in aiortc's receive path).
 - The baseline's re-encoders run at the same pinned bitrate; with aiortc's
   default buffered MediaRelay overload shows as growing latency, then as lost
   frames (`--relay-unbuffered` drops instead). Its RTP timestamps are its
@@ -633,12 +634,14 @@ def summarise(point: dict, settings: Settings) -> dict:
         point["warnings"].append(
             f"publisher log: {pub['unmapped_packets']} packets sent with no captured frame: "
             "the RTP timestamp to frame mapping is off")
-    out["forwarding_ms"] = None
+    out["forwarding_ms"] = out["forwarding_last_copy_ms"] = None
     if point["system"].startswith("goldenhour"):
         video = [s for s in point.get("sfu_stats", []) if s.get("kind") == "video"]
         if video:
-            fwd = video[0]["forwarding_ms"]
-            out["forwarding_ms"] = {"p50": fwd["p50"], "p99": fwd["p99"], "n": fwd["n"]}
+            for key in ("forwarding_ms", "forwarding_last_copy_ms"):
+                fwd = video[0].get(key)
+                if fwd is not None:
+                    out[key] = {"p50": fwd["p50"], "p99": fwd["p99"], "n": fwd["n"]}
     out["cpu"] = point["cpu"]
     out["server_cpu_cores"] = point["cpu"]["server_cores"]
     out["load_generator"] = _generator_cost(point["cpu"], out["subscribers"])
@@ -864,7 +867,7 @@ def _label(system: str, n: int) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    header = ["N", "system", "fwd p50/p99 ms", "g2g p50/p95/p99 ms", "+direct p50/p95",
+    header = ["N", "system", "fwd p50/p99 ms", "last copy p50/p99", "g2g p50/p95/p99 ms", "+direct p50/p95",
               "lost", "decoded g2g p50/p95 (lost)", "sub fps", "srv CPU", "+CPU/sub",
               "late join kf/dec", "pub fps/Mbps", "CPU gen/other/all"]
     lines = [header]
@@ -877,7 +880,7 @@ def table(rows: list[dict]) -> str:
         if "error" in r:
             lines.append([str(r["n"]), system, "FAILED: " + r["error"][:100]])
             continue
-        fwd = r["forwarding_ms"]
+        fwd, fwd_last = r["forwarding_ms"], r.get("forwarding_last_copy_ms")
         g = r["glass_to_glass_ms"]
         d = r["decoded_glass_to_glass_ms"]
         added = r["added_over_direct_ms"]
@@ -890,6 +893,7 @@ def table(rows: list[dict]) -> str:
         lines.append([
             str(r["n"]), system,
             "n/a" if fwd is None else f"{_ms(fwd['p50'])}/{_ms(fwd['p99'])}",
+            "n/a" if fwd_last is None else f"{_ms(fwd_last['p50'])}/{_ms(fwd_last['p99'])}",
             "n/a (a)" if pixels else f"{_ms(g['p50'])}/{_ms(g['p95'])}/{_ms(g['p99'])}",
             "ref" if r["system"] == "direct" else
             ("n/a" if added is None else
@@ -1101,8 +1105,11 @@ async def run(args: argparse.Namespace) -> dict:
 def _legend(s: dict) -> list[str]:
     drain = f"{s['drain_s']:g} s"
     terms = [
-        ("fwd", "RTP packet in to last copy out inside the SFU (its /api/stats); n/a where "
-                "the server has no such counter."),
+        ("fwd", "the SFU's own figure (its /api/stats), per copy: an RTP packet's arrival at "
+                "the server's socket (the kernel's receive timestamp) to that copy handed to the "
+                "kernel, pooled over all copies. Since 2026-11-26 15:50; before, from the packet's "
+                "arrival in Python to its last copy. n/a where the server has no such counter."),
+        ("last copy", "the same, to the packet's last copy (the slowest subscriber's)."),
         ("g2g", "network level, per frame: the time its last missing packet arrived at a "
                 "subscriber's socket (the kernel's receive timestamp, matched by the clear RTP "
                 "header; since 2026-11-26 13:20. From 11:40 it was when the subscriber's "

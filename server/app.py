@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import statistics
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
+import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
@@ -29,11 +29,15 @@ from server.signaling.session import SignalingSession
 WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "tablet_web" / "static"
 
 
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def _delay_summary(delays_s) -> dict:
+    """Count, p50, p99 and mean of delays in seconds, in ms (nearest rank)."""
+    if len(delays_s) == 0:
+        return {"n": 0, "p50": None, "p99": None, "mean": None}
+    ordered = np.sort(np.asarray(delays_s, dtype=np.float64))
+    n = len(ordered)
+    return {"n": n, "p50": _ms(float(ordered[min(n - 1, int(0.50 * n))])),
+            "p99": _ms(float(ordered[min(n - 1, int(0.99 * n))])),
+            "mean": _ms(float(ordered.mean()))}
 
 
 #: How long a thread may keep the GIL while another waits for it. With Python's
@@ -90,21 +94,18 @@ def create_app(config: Config) -> Starlette:
         } for r in registry.rooms])
 
     async def stats(request: Request) -> JSONResponse:
-        """Media counters and forwarding delay (RTP packet in to last copy out), per producer."""
+        """Media counters and forwarding delay per producer: from an RTP
+        packet's arrival at the server's socket to each copy handed to the
+        kernel (`forwarding_ms`), and to its last copy (`forwarding_last_copy_ms`)."""
         out = []
+        reset = request.query_params.get("reset") == "1"
         for room in registry.rooms:
             for entry in room.router.stats():
                 producer = room.router.producer(entry["producer_id"])
-                delays = list(producer.forwarding_delays_s) if producer else []
-                if request.query_params.get("reset") == "1" and producer:
-                    producer.forwarding_delays_s.clear()
+                each, last = producer.forwarding_delays_s(reset) if producer else ([], [])
                 entry["room"] = room.name
-                entry["forwarding_ms"] = {
-                    "n": len(delays),
-                    "p50": _ms(_percentile(delays, 0.50)),
-                    "p99": _ms(_percentile(delays, 0.99)),
-                    "mean": _ms(statistics.fmean(delays)) if delays else None,
-                }
+                entry["forwarding_ms"] = _delay_summary(each)
+                entry["forwarding_last_copy_ms"] = _delay_summary(last)
                 out.append(entry)
         return JSONResponse(out)
 

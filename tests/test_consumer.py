@@ -230,3 +230,48 @@ async def test_a_request_while_one_is_deferred_is_answered_by_the_deferred_one()
         producer.close()
     finally:
         await pc.close()
+
+
+async def test_packets_that_arrive_together_are_forwarded_together_once_read():
+    """The on-arrival path collects the datagrams the event loop reads in one
+    go and forwards them right after, in arrival order, once; a packet that
+    arrives later is its own burst."""
+    import asyncio
+
+    from server.sfu.producer import Producer
+
+    class Recording:
+        waiting_for_keyframe = False
+        fast = False
+        id = "recording"
+
+        def __init__(self) -> None:
+            self.got: list[int] = []
+
+        def enter_fast(self, fast, producer_ext):
+            return False
+
+        def forward(self, packet, abs_send_time):
+            self.got.append(packet.sequence_number)
+
+        def close(self) -> None:
+            pass
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        receiver = pc.addTransceiver("video", direction="recvonly").receiver
+        producer = Producer(receiver, "video", "video/VP8", {}, "crew")
+        consumer = Recording()
+        producer.add_consumer(consumer)
+        for seq in (10, 11, 12):
+            producer._on_arrival(RtpPacket(sequence_number=seq, payload=b"\x10\x00\x00"), 0.0)
+        assert consumer.got == []  # still reading the burst
+        await asyncio.sleep(0)  # the event loop runs its callbacks
+        assert consumer.got == [10, 11, 12]
+        producer._on_arrival(RtpPacket(sequence_number=13, payload=b"\x00"), 0.0)
+        await asyncio.sleep(0)
+        assert consumer.got == [10, 11, 12, 13]
+        assert producer.packets_on_arrival == producer.packets_in == 4
+        producer.close()
+    finally:
+        await pc.close()

@@ -30,6 +30,7 @@ from aiortc.rtcrtpreceiver import TimestampMapper
 from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket
 
 from server.sfu.fastpath import DirectRoute
+from server.sfu.timestamps import kernel_receive_time
 
 SUPPORTED_AIORTC = "1.16.0"
 
@@ -155,6 +156,9 @@ class _Arrivals:
         handle_rtp_data = transport._handle_rtp_data
         extensions = transport._rtp_header_extensions_map
         handlers = self.handlers
+        nominated = connection._nominated
+        #: The nominated pair and its socket's fd (-1: none), resolved once per pair.
+        socket_of: list[Any] = [None, -1]
 
         def on_datagram(data: bytes, component: int) -> None:
             # RTP, not RTCP (RFC 5761: payload types 64-95 are RTCP's range)
@@ -162,7 +166,16 @@ class _Arrivals:
                 entry = handlers.get(int.from_bytes(data[8:12], "big"))
                 session = transport._rx_srtp
                 if entry is not None and entry[0] == data[1] & 0x7F and session is not None:
-                    arrived = time.perf_counter()
+                    # Media comes on the nominated pair: the datagram just
+                    # read from its socket is this one.
+                    pair = nominated.get(component)
+                    if pair is not socket_of[0]:
+                        sock = pair.protocol.transport.get_extra_info("socket") \
+                            if pair is not None and pair.protocol.transport is not None else None
+                        socket_of[:] = [pair, sock.fileno() if sock is not None else -1]
+                    arrived = kernel_receive_time(socket_of[1]) if socket_of[1] >= 0 else None
+                    if arrived is None:
+                        arrived = time.time()
                     if type(session) is not _PassHandled:
                         session = transport._rx_srtp = _PassHandled(session)
                     try:
@@ -200,7 +213,8 @@ def forward_on_arrival(receiver: RTCRtpReceiver, ssrc: int, payload_type: int,
     """Hand `receiver`'s RTP packets with `ssrc` and `payload_type` (the media
     stream, not its RTX) to `handler(packet, arrived)` as their datagrams
     arrive, decrypted and parsed, before aiortc's receiver sees them
-    (`arrived`: time.perf_counter() at arrival). `receiver`'s tap then skips
+    (`arrived`: when the datagram reached its socket, the kernel's receive
+    timestamp, as time.time()). `receiver`'s tap then skips
     them. Returns what stops it. Call once the receiver's transport is final
     (after negotiation: BUNDLE may replace it) and connected.
     """

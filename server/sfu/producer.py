@@ -6,11 +6,13 @@ import asyncio
 import logging
 import time
 import os
+import sys
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 from aiortc import RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
@@ -65,8 +67,9 @@ class Producer:
         self.last_keyframe_request_at = -1e9
         #: Event-loop times of the recent requests sent upstream (tests, stats).
         self.keyframe_request_times: deque[float] = deque(maxlen=64)
-        #: (seconds from packet arrival to its last consumer send), recent packets.
-        self.forwarding_delays_s: deque[float] = deque(maxlen=20000)
+        #: Recent bursts sent: the arrival time of each packet (at the socket)
+        #: and when each consumer had its copies (time.time()'s clock).
+        self._sent_bursts: deque[tuple[tuple[float, ...], list[float]]] = deque(maxlen=4096)
         self._receiver = receiver
         self._consumers: list[Consumer] = []
         self._is_keyframe_start = keyframe_detector(mime_type)
@@ -82,6 +85,8 @@ class Producer:
         #: The SSRC whose packets are taken on arrival, and what stops that.
         self._forwarding_on_arrival: int | None = None
         self._stop_arrivals: Callable[[], None] | None = None
+        #: Packets that arrived since the event loop last ran its callbacks.
+        self._arrived: list[tuple[RtpPacket, float]] = []
         aiortc_seams.tap_receiver(receiver, self._on_packet)
         if kind == "video":
             aiortc_seams.throttle_remb(receiver)
@@ -122,7 +127,7 @@ class Producer:
         """A packet from the receiver's tap, after aiortc's receive path: the
         first packets, and retransmissions (unwrapped from RTX). Once the
         stream is known its packets are taken on arrival (`_on_arrival`)."""
-        arrived = time.perf_counter()
+        arrived = time.time()
         if self._forwarding_on_arrival != packet.ssrc and not self._closed \
                 and forward_on_arrival_enabled():
             if self._stop_arrivals is not None:
@@ -130,16 +135,28 @@ class Producer:
             self._stop_arrivals = aiortc_seams.forward_on_arrival(
                 self._receiver, packet.ssrc, packet.payload_type, self._on_arrival)
             self._forwarding_on_arrival = packet.ssrc
-        for consumer, pending in self._forward(packet, arrived):
+        for consumer, pending in self._forward([(packet, arrived)]):
             try:
                 await pending
             except Exception:
                 self._forwarding_failed(consumer)
 
     def _on_arrival(self, packet: RtpPacket, arrived: float) -> None:
-        """A packet of the stream, decrypted as its datagram arrived."""
+        """A packet of the stream, decrypted as its datagram arrived.
+
+        Packets that arrive together (a video frame's burst: the event loop
+        reads every datagram waiting on the socket before it runs anything
+        else) are forwarded together, right after the last of them is read:
+        the C loop then sends each subscriber the whole burst before the next
+        one. No packet waits for one that has not arrived yet."""
         self.packets_on_arrival += 1
-        pending = self._forward(packet, arrived)
+        self._arrived.append((packet, arrived))
+        if len(self._arrived) == 1:
+            self._loop.call_soon(self._forward_arrived)
+
+    def _forward_arrived(self) -> None:
+        arrived, self._arrived = self._arrived, []
+        pending = self._forward(arrived)
         if pending:
             task = self._loop.create_task(self._finish(pending))
             self._tasks.add(task)
@@ -152,62 +169,102 @@ class Producer:
             except Exception:
                 self._forwarding_failed(consumer)
 
-    def _forward(self, packet: RtpPacket, arrived: float) -> list[tuple[Consumer, Awaitable[None]]]:
-        """Send `packet` to every consumer; returns the sends still to await
-        (consumers whose direct path is not open yet)."""
-        self.media_ssrc = packet.ssrc
-        self.last_timestamp = packet.timestamp
-        self.packets_in += 1
-        if self.packets_in == 1:
-            self.flowing.set()
-        ext = self._extend(packet.sequence_number)
-        consumers = self._consumers
+    def _forward(self, packets: list[tuple[RtpPacket, float]]) -> list[tuple[Consumer, Awaitable[None]]]:
+        """Send packets (with their arrival times, in arrival order) to every
+        consumer; returns the sends still to await (consumers whose direct
+        path is not open yet)."""
         pending: list[tuple[Consumer, Awaitable[None]]] = []
+        fast = self._fast
+        part: list[tuple[RtpPacket, int, float]] = []
+        for packet, arrived in packets:
+            self.media_ssrc = packet.ssrc
+            self.last_timestamp = packet.timestamp
+            self.packets_in += 1
+            if self.packets_in == 1:
+                self.flowing.set()
+            ext = self._extend(packet.sequence_number)
+            part.append((packet, ext, arrived))
+            # Once a video frame (about every 8th audio packet): the C loop's
+            # members are checked and their counters handed over; consumers
+            # that became steady join it. The packets sent so far are the
+            # last they got from Python.
+            if fast is not None and (packet.marker or not self.packets_in & 7) \
+                    and ext == self._highest_ext:
+                self._send(part, pending)
+                part = []
+                for consumer in self._consumers:
+                    if consumer.fast:
+                        consumer.tend_fast(fast, ext)
+                    else:
+                        consumer.enter_fast(fast, ext)
+        if part:
+            self._send(part, pending)
+        return pending
+
+    def _send(self, packets: list[tuple[RtpPacket, int, float]],
+              pending: list[tuple[Consumer, Awaitable[None]]]) -> None:
+        """Each consumer gets all of `packets` before the next one gets any."""
+        consumers = self._consumers
         if not consumers or self._closed:
-            return pending
-        is_key = None
+            return
         abs_send_time = aiortc_seams.abs_send_time_now()
         fast = self._fast
+        done: list[float] = []
         if fast is not None and len(fast):
-            try:
-                fast.send(packet, ext, abs_send_time)
-            except ValueError:
-                # A payload past what fits a datagram with our longest header
-                # (_fanout.MAX_PAYLOAD, 1544 bytes): not from a WebRTC sender.
-                # Lost for the C loop's members, who recover as from any loss.
-                self._forwarding_failed(None)
+            burst = []
+            for packet, ext, _ in packets:
+                if len(packet.payload) <= fastpath.MAX_PAYLOAD:
+                    burst.append((packet, ext))
+                else:
+                    # Past what fits a datagram with our longest header: not
+                    # from a WebRTC sender. Lost for the C loop's members,
+                    # who recover as from any loss.
+                    self._forwarding_failed(None)
+            done = fast.send_many(burst, abs_send_time)
+        is_key: list[bool | None] = [None] * len(packets)
         for consumer in consumers:
             if consumer.fast:
                 continue
-            if consumer.waiting_for_keyframe:
-                if is_key is None:
-                    is_key = self._is_keyframe_start(packet.payload)
-                if not is_key:
-                    continue
-            try:
-                sending = consumer.forward(packet, abs_send_time)
-                if sending is not None:  # its direct path is not open yet
-                    pending.append((consumer, sending))
-            except Exception:
-                # One subscriber's failure must not cost the others this packet.
-                self._forwarding_failed(consumer)
-        self.forwarding_delays_s.append(time.perf_counter() - arrived)
-        # Once a video frame (about every 8th audio packet): the C loop's
-        # members are checked and their counters handed over; consumers that
-        # became steady join it. The packet just sent is the last they got
-        # from Python.
-        if fast is not None and (packet.marker or not self.packets_in & 7) and ext == self._highest_ext:
-            for consumer in consumers:
-                if consumer.fast:
-                    consumer.tend_fast(fast, ext)
-                else:
-                    consumer.enter_fast(fast, ext)
-        return pending
+            sent = False
+            for i, (packet, _, _) in enumerate(packets):
+                if consumer.waiting_for_keyframe:
+                    if is_key[i] is None:
+                        is_key[i] = self._is_keyframe_start(packet.payload)
+                    if not is_key[i]:
+                        continue
+                try:
+                    sending = consumer.forward(packet, abs_send_time)
+                    sent = True
+                    if sending is not None:  # its direct path is not open yet
+                        pending.append((consumer, sending))
+                except Exception:
+                    # One subscriber's failure must not cost the others this packet.
+                    self._forwarding_failed(consumer)
+            if sent:
+                done.append(time.time())
+        if done:
+            self._sent_bursts.append((tuple(arrived for _, _, arrived in packets), done))
+
+    def forwarding_delays_s(self, reset: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Recent forwarding delays, in seconds: from each packet's arrival at
+        the server's socket to each copy of it handed to the kernel, and to its
+        last copy. `reset` forgets them."""
+        each: list[np.ndarray] = []
+        last: list[np.ndarray] = []
+        for arrivals, done in self._sent_bursts:
+            delays = np.subtract.outer(np.asarray(done), np.asarray(arrivals))
+            each.append(delays.ravel())
+            last.append(delays.max(axis=0))
+        if reset:
+            self._sent_bursts.clear()
+        if not each:
+            return np.empty(0), np.empty(0)
+        return np.concatenate(each), np.concatenate(last)
 
     def _forwarding_failed(self, consumer: Consumer | None) -> None:
         self.forwarding_errors += 1
         if self.forwarding_errors & (self.forwarding_errors - 1) == 0:  # 1, 2, 4, 8...
-            log.exception("forwarding failed", extra={
+            log.error("forwarding failed", exc_info=sys.exc_info()[0] is not None, extra={
                 "producer": self.id, "consumer": consumer.id if consumer else "the C loop's members",
                 "errors": self.forwarding_errors})
 
