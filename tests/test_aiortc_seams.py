@@ -220,14 +220,24 @@ async def test_packets_taken_on_arrival_still_pass_through_the_receivers_bookkee
         packet = await asyncio.wait_for(first, 10)
         enough = asyncio.get_running_loop().create_future()
 
+        arrival_times: dict[int, float] = {}
+        receiver_times: dict[int, int] = {}
+
         def on_arrival(packet, arrived_at: float) -> None:
             # when the datagram reached the socket: the kernel's clock, time.time()'s
             assert time.time() - 5 < arrived_at <= time.time()
+            arrival_times[packet.sequence_number] = arrived_at
             arrived.append(packet.sequence_number)
             if len(arrived) == 40 and not enough.done():
                 enough.set_result(None)
         stop = aiortc_seams.forward_on_arrival(receiver, packet.ssrc, packet.payload_type,
                                                on_arrival)
+        handle_rtp_packet = receiver._handle_rtp_packet
+
+        async def timed(packet, arrival_time_ms: int) -> None:
+            receiver_times[packet.sequence_number] = arrival_time_ms
+            await handle_rtp_packet(packet, arrival_time_ms)
+        receiver._handle_rtp_packet = timed
         await asyncio.wait_for(enough, 10)
         tapped_before_stop = len(tapped)
         stop()
@@ -243,6 +253,12 @@ async def test_packets_taken_on_arrival_still_pass_through_the_receivers_bookkee
         assert tapped_before_stop <= len(tapped) - 5
         # After stop() the tap has them again, and nothing arrives early.
         assert len(arrived) == count_after_stop
+        # Its bitrate estimator is told when each packet reached the socket
+        # (aiortc's clock: ms since 1900), not when aiortc got to it.
+        both = set(arrival_times) & set(receiver_times)
+        assert len(both) >= 30
+        assert all(receiver_times[seq] == int((arrival_times[seq] + 2208988800) * 1000)
+                   for seq in both)
         # The receiver counted every packet, the ones taken on arrival included.
         report = await receiver.getStats()
         inbound = next(s for s in report.values() if s.type == "inbound-rtp")

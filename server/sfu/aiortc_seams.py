@@ -107,9 +107,10 @@ def tap_receiver(receiver: RTCRtpReceiver,
 
 
 class _Handled(bytes):
-    """A datagram decrypted, and taken by a handler, as it arrived."""
+    """A datagram decrypted, and taken by a handler, as it arrived; with when
+    it reached its socket (`arrival_ms`, aiortc's clock: ms since 1900)."""
 
-    __slots__ = ()
+    arrival_ms: int
 
 
 class _PassHandled:
@@ -144,6 +145,8 @@ class _Arrivals:
     a burst of datagrams (a frame's packets) one callback after the other. The
     decrypted packet then goes on to aiortc as before, marked, so that the
     receiver still does its bookkeeping, and its tap does not forward it twice.
+    aiortc's receiver is told when the packet reached the socket, not when
+    aiortc got to it: its bitrate estimator works from arrival times.
     """
 
     def __init__(self, transport: Any) -> None:
@@ -191,6 +194,7 @@ class _Arrivals:
                             self.errors += 1
                             log.exception("an RTP arrival handler failed")
                         data = _Handled(clear)
+                        data.arrival_ms = int((arrived + _NTP_EPOCH_OFFSET_S) * 1000)
             data_received(data, component)
 
         async def on_rtp_data(data: bytes, arrival_time_ms: int) -> None:
@@ -200,7 +204,7 @@ class _Arrivals:
             # aiortc's DTLS transport handles one datagram at a time, to the end.
             self.handled = True
             try:
-                await handle_rtp_data(data, arrival_time_ms)
+                await handle_rtp_data(data, data.arrival_ms)
             finally:
                 self.handled = False
 
