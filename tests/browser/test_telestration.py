@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients.hololens_bridge.scene_camera import default_pose
 from vision.camera import look_at, norm_from_px, project, world_rays
 from vision.spatial_map import SpatialMap
 
