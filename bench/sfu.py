@@ -634,11 +634,11 @@ def summarise(point: dict, settings: Settings) -> dict:
         point["warnings"].append(
             f"publisher log: {pub['unmapped_packets']} packets sent with no captured frame: "
             "the RTP timestamp to frame mapping is off")
-    out["forwarding_ms"] = out["forwarding_last_copy_ms"] = None
+    out["forwarding_ms"] = out["forwarding_last_copy_ms"] = out["socket_wait_ms"] = None
     if point["system"].startswith("goldenhour"):
         video = [s for s in point.get("sfu_stats", []) if s.get("kind") == "video"]
         if video:
-            for key in ("forwarding_ms", "forwarding_last_copy_ms"):
+            for key in ("forwarding_ms", "forwarding_last_copy_ms", "socket_wait_ms"):
                 fwd = video[0].get(key)
                 if fwd is not None:
                     out[key] = {"p50": fwd["p50"], "p99": fwd["p99"], "n": fwd["n"]}
@@ -1187,6 +1187,13 @@ def _generator_summary(rows: list[dict]) -> list[str]:
             "Subscribers' own queue, p50/p95 ms (a frame complete as aiortc handed it over, minus "
             "as its packets reached the socket; g2g counts the latter): " + "; ".join(queues),
             100)
+    waits = [f"{_label(r['system'], r['n'])} {r['socket_wait_ms']['p50']:.1f}/"
+             f"{r['socket_wait_ms']['p99']:.1f}" for r in rows
+             if r.get("socket_wait_ms") and r["socket_wait_ms"].get("p50") is not None]
+    if waits:
+        lines += textwrap.wrap(
+            "Server's socket wait, p50/p99 ms (a packet's arrival at the server's socket to the "
+            "server reading it; part of 'fwd'): " + "; ".join(waits), 100)
     return lines
 
 

@@ -96,7 +96,9 @@ def create_app(config: Config) -> Starlette:
     async def stats(request: Request) -> JSONResponse:
         """Media counters and forwarding delay per producer: from an RTP
         packet's arrival at the server's socket to each copy handed to the
-        kernel (`forwarding_ms`), and to its last copy (`forwarding_last_copy_ms`)."""
+        kernel (`forwarding_ms`), and to its last copy (`forwarding_last_copy_ms`);
+        and how long a packet waited in the socket before the server read it
+        (`socket_wait_ms`, part of both)."""
         out = []
         reset = request.query_params.get("reset") == "1"
         for room in registry.rooms:
@@ -106,6 +108,9 @@ def create_app(config: Config) -> Starlette:
                 entry["room"] = room.name
                 entry["forwarding_ms"] = _delay_summary(each)
                 entry["forwarding_last_copy_ms"] = _delay_summary(last)
+                entry["socket_wait_ms"] = _delay_summary(producer.socket_waits_s if producer else [])
+                if reset and producer:
+                    producer.socket_waits_s.clear()
                 out.append(entry)
         return JSONResponse(out)
 

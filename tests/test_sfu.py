@@ -68,6 +68,7 @@ async def test_three_subscribers_each_decode_frames_whose_counter_advances(world
         each, last = producer["forwarding_ms"], producer["forwarding_last_copy_ms"]
         assert each["n"] >= last["n"] > 0
         assert 0 <= each["p50"] <= each["p99"] < 1000 and 0 <= last["p50"] <= last["p99"] < 1000
+        assert 0 <= producer["socket_wait_ms"]["p50"] <= producer["socket_wait_ms"]["p99"] < 1000
     # All three watch the same live stream: their frame counters overlap.
     assert len(set.intersection(*(set(c.frame_id for c in codes) for codes in results))) > 5
 

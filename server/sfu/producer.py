@@ -70,6 +70,9 @@ class Producer:
         #: Recent bursts sent: the arrival time of each packet (at the socket)
         #: and when each consumer had its copies (time.time()'s clock).
         self._sent_bursts: deque[tuple[tuple[float, ...], list[float]]] = deque(maxlen=4096)
+        #: Of the packets taken on arrival, how long each waited in the socket
+        #: before the event loop read it (recent ones, seconds).
+        self.socket_waits_s: deque[float] = deque(maxlen=20000)
         self._receiver = receiver
         self._consumers: list[Consumer] = []
         self._is_keyframe_start = keyframe_detector(mime_type)
@@ -150,6 +153,7 @@ class Producer:
         the C loop then sends each subscriber the whole burst before the next
         one. No packet waits for one that has not arrived yet."""
         self.packets_on_arrival += 1
+        self.socket_waits_s.append(time.time() - arrived)
         self._arrived.append((packet, arrived))
         if len(self._arrived) == 1:
             self._loop.call_soon(self._forward_arrived)
