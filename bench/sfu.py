@@ -51,9 +51,10 @@ What can bias the figures (points where it does are flagged in the output):
 - Forwarding delay is what the SFU measures itself, from a datagram's arrival
   at the server's socket (its kernel receive timestamp) to each copy handed
   to the kernel ('fwd', the goal's figure) and to its last copy ('last
-  copy'). Since 2026-11-26 15:50; before, from the packet's tap after
-  aiortc's receive path to its last copy (no time in the socket buffer or
-  in aiortc's receive path).
+  copy'). Since 2026-11-26 15:28; before, from the packet's tap after
+  aiortc's receive path (15:18-15:28: its arrival in Python) to its last
+  copy, without the time in the socket buffer (or in aiortc's receive path).
+  goldenhour-after-receiver still starts at its tap.
 - The baseline's re-encoders run at the same pinned bitrate; with aiortc's
   default buffered MediaRelay overload shows as growing latency, then as lost
   frames (`--relay-unbuffered` drops instead). Its RTP timestamps are its
@@ -1107,8 +1108,10 @@ def _legend(s: dict) -> list[str]:
     terms = [
         ("fwd", "the SFU's own figure (its /api/stats), per copy: an RTP packet's arrival at "
                 "the server's socket (the kernel's receive timestamp) to that copy handed to the "
-                "kernel, pooled over all copies. Since 2026-11-26 15:50; before, from the packet's "
-                "arrival in Python to its last copy. n/a where the server has no such counter."),
+                "kernel, pooled over all copies. Since 2026-11-26 15:28; before, from the packet's "
+                "tap (15:18-15:28: its arrival in Python) to its last copy; "
+                "goldenhour-after-receiver still starts at its tap. n/a where the server has no "
+                "such counter."),
         ("last copy", "the same, to the packet's last copy (the slowest subscriber's)."),
         ("g2g", "network level, per frame: the time its last missing packet arrived at a "
                 "subscriber's socket (the kernel's receive timestamp, matched by the clear RTP "
