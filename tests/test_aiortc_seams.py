@@ -313,3 +313,76 @@ async def test_an_arrival_handler_that_fails_costs_nothing_but_its_packet():
     finally:
         await sender_pc.close()
         await receiver_pc.close()
+
+
+async def test_aiortcs_bookkeeping_of_a_frame_waits_until_the_frame_is_in():
+    """The datagrams a handler took reach aiortc's queue only once the
+    frame's marker packet is in (a video frame's last), in arrival order with
+    whatever came after them; without a marker (audio), after
+    BOOKKEEPING_DELAY_S at most. The handler has each packet at once.
+    Real SRTP sessions; aioice's connection and aiortc's DTLS transport are
+    stood in for by the attributes the seam uses (checked against aiortc in
+    test_receiver_and_sender_still_have_the_private_state_the_seams_use)."""
+    import asyncio
+
+    import pylibsrtp
+    from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
+    key = bytes(range(30))
+    tx = pylibsrtp.Session(pylibsrtp.Policy(key, pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    rx = pylibsrtp.Session(pylibsrtp.Policy(key, pylibsrtp.Policy.SSRC_ANY_INBOUND))
+
+    class Connection:
+        def __init__(self) -> None:
+            self.queue: list[bytes] = []
+            self._nominated: dict = {}
+
+        def data_received(self, data: bytes, component: int) -> None:
+            self.queue.append(data)
+
+    class Ice:
+        _connection = Connection()
+
+    class Dtls:
+        transport = Ice()
+        _rtp_header_extensions_map = HeaderExtensionsMap()
+        _rx_srtp = rx
+
+        async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
+            pass
+
+    class Receiver:
+        transport = Dtls()
+
+    taken: list[int] = []
+    aiortc_seams.forward_on_arrival(Receiver(), 0x1234, 96,
+                                    lambda packet, arrived: taken.append(packet.sequence_number))
+    connection = Receiver.transport.transport._connection
+
+    def arrive(seq: int, marker: bool = False, payload_type: int = 96) -> bytes:
+        data = tx.protect(RtpPacket(payload_type=payload_type, marker=marker, sequence_number=seq,
+                                    timestamp=3000, ssrc=0x1234, payload=b"\x10" * 100).serialize())
+        connection.data_received(data, 1)
+        return data
+
+    arrive(1)
+    arrive(2)
+    rtx = arrive(3, payload_type=97)  # not the handler's: aiortc's, after those before it
+    assert taken == [1, 2] and connection.queue == []
+    arrive(4, marker=True)
+    assert taken == [1, 2, 4] and connection.queue == []
+    await asyncio.sleep(0)  # the event loop's next turn: the frame is in
+    assert [int.from_bytes(d[2:4], "big") for d in connection.queue] == [1, 2, 3, 4]
+    assert connection.queue[2] == rtx  # not taken: passed on as it came
+    # The ones taken are decrypted (aiortc's session lets them through).
+    assert RtpPacket.parse(Receiver.transport._rx_srtp.unprotect(connection.queue[0])).payload \
+        == b"\x10" * 100
+
+    connection.queue.clear()
+    arrive(5)  # no marker follows
+    await asyncio.sleep(0)
+    assert connection.queue == [] and taken[-1] == 5
+    async with asyncio.timeout(1):
+        while not connection.queue:
+            await asyncio.sleep(aiortc_seams.BOOKKEEPING_DELAY_S / 5)
+    assert [int.from_bytes(d[2:4], "big") for d in connection.queue] == [5]

@@ -18,6 +18,7 @@ import logging
 import random
 import struct
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -131,6 +132,9 @@ class _PassHandled:
 
 
 _ARRIVALS_ATTRIBUTE = "_goldenhour_arrivals"
+#: How long aiortc's bookkeeping of a packet taken on arrival may wait for
+#: the end of its frame (NACKs for a gap go out that much later at most).
+BOOKKEEPING_DELAY_S = 0.005
 
 
 class _Arrivals:
@@ -147,6 +151,15 @@ class _Arrivals:
     receiver still does its bookkeeping, and its tap does not forward it twice.
     aiortc's receiver is told when the packet reached the socket, not when
     aiortc got to it: its bitrate estimator works from arrival times.
+
+    That bookkeeping (about 0.15 ms a packet) waits until the frame is in:
+    aiortc's DTLS transport drains aioice's queue in one go, and the rest of
+    a frame, trickling in, would wait in the socket behind it. So the
+    datagrams a handler took are held back, with whatever arrives after them
+    (arrival order is kept), until a packet with the marker bit (a video
+    frame's last) or for at most BOOKKEEPING_DELAY_S (audio, a lost marker).
+    Four paired runs at N=16 (2026-11-26 16:15-16:25): the server's socket
+    wait p99 5.5-6.0 ms with it against 6.1-7.9 ms without, every time.
     """
 
     def __init__(self, transport: Any) -> None:
@@ -162,6 +175,10 @@ class _Arrivals:
         nominated = connection._nominated
         #: The nominated pair and its socket's fd (-1: none), resolved once per pair.
         socket_of: list[Any] = [None, -1]
+        #: Datagrams held back from aiortc until the frame is in, in arrival order.
+        backlog: deque[tuple[bytes, int]] = deque()
+        deadline: list[asyncio.TimerHandle | None] = [None]
+        loop = asyncio.get_event_loop()
 
         def on_datagram(data: bytes, component: int) -> None:
             # RTP, not RTCP (RFC 5761: payload types 64-95 are RTCP's range)
@@ -195,7 +212,25 @@ class _Arrivals:
                             log.exception("an RTP arrival handler failed")
                         data = _Handled(clear)
                         data.arrival_ms = int((arrived + _NTP_EPOCH_OFFSET_S) * 1000)
+                        backlog.append((data, component))
+                        if packet.marker:
+                            # The frame is in: its bookkeeping may run (after
+                            # the handler's forwarding, scheduled before this).
+                            loop.call_soon(release)
+                        elif deadline[0] is None:
+                            deadline[0] = loop.call_later(BOOKKEEPING_DELAY_S, release)
+                        return
+            if backlog:
+                backlog.append((data, component))  # keeps arrival order
+                return
             data_received(data, component)
+
+        def release() -> None:
+            if deadline[0] is not None:
+                deadline[0].cancel()
+                deadline[0] = None
+            while backlog:
+                data_received(*backlog.popleft())
 
         async def on_rtp_data(data: bytes, arrival_time_ms: int) -> None:
             if type(data) is not _Handled:
