@@ -55,6 +55,16 @@ async def test_receiver_and_sender_still_have_the_private_state_the_seams_use():
         # RtpInjector._send_direct: DTLS state and SRTP session, ICE's nominated pairs.
         assert hasattr(transport, "_state") and hasattr(transport, "_tx_srtp")
         assert isinstance(transport.transport._connection._nominated, dict)
+        # forward_on_arrival: aioice hands data to its connection's
+        # data_received; aiortc decrypts with _rx_srtp (which the seam stands
+        # in for) and hands clear data to _handle_rtp_data.
+        assert callable(transport.transport._connection.data_received)
+        assert hasattr(transport, "_rx_srtp")
+        receive_next = inspect.getsource(type(transport)._recv_next)
+        assert "self._rx_srtp.unprotect(data)" in receive_next
+        assert "self._handle_rtp_data(data, arrival_time_ms=arrival_time_ms)" in receive_next
+        assert "self.receiver.data_received(data, self.local_candidate.component)" in \
+            inspect.getsource(aioice.ice.StunProtocol.datagram_received)
         assert isinstance(aioice.ice.CandidatePair.remote_addr, property)
         assert "protocol" in aioice.ice.CandidatePair.__init__.__code__.co_varnames
         # The jitter buffer's add() contract the packet tap stands in for.
