@@ -5,10 +5,12 @@ These break loudly when an aiortc upgrade moves what the SFU relies on.
 
 from __future__ import annotations
 
+import contextlib
 import fractions
 import inspect
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aioice.ice
@@ -18,6 +20,7 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpCodecParameters
 from aiortc.codecs import get_encoder
+from aiortc.rtp import RtpPacket
 
 from server.sfu import aiortc_seams
 from server.sfu.keyframes import h264_starts_keyframe, keyframe_detector, vp8_starts_keyframe
@@ -199,10 +202,11 @@ async def test_a_datagram_read_late_keeps_its_kernel_receive_timestamp():
         transport.close()
 
 
-async def test_packets_taken_on_arrival_still_pass_through_the_receivers_bookkeeping():
-    """forward_on_arrival hands a stream's packets over as their datagrams
-    arrive, decrypted and in order; aiortc's receiver still counts them (its
-    RTCP reports depend on it) and its tap does not hand them over again."""
+@contextlib.asynccontextmanager
+async def _audio_call(on_tapped: Callable[[RtpPacket], None]):
+    """A real aiortc call over loopback (an Opus track one way) whose
+    receiver is tapped, yielding (receiver, receiving peer connection, the
+    first packet tapped)."""
     import asyncio
 
     from aiortc.mediastreams import AudioStreamTrack
@@ -210,8 +214,6 @@ async def test_packets_taken_on_arrival_still_pass_through_the_receivers_bookkee
     aiortc_seams.use_loopback_ice(True, only=True)
     sender_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     receiver_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    tapped: list[int] = []
-    arrived: list[int] = []
     first = asyncio.get_running_loop().create_future()
     try:
         sender_pc.addTrack(AudioStreamTrack())
@@ -219,17 +221,30 @@ async def test_packets_taken_on_arrival_still_pass_through_the_receivers_bookkee
         await receiver_pc.setRemoteDescription(sender_pc.localDescription)
         receiver = receiver_pc.getTransceivers()[0].receiver
 
-        async def on_tapped(packet) -> None:
-            tapped.append(packet.sequence_number)
+        async def tapped(packet) -> None:
+            on_tapped(packet)
             if not first.done():
                 first.set_result(packet)
-        aiortc_seams.tap_receiver(receiver, on_tapped)
+        aiortc_seams.tap_receiver(receiver, tapped)
         await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
         await sender_pc.setRemoteDescription(receiver_pc.localDescription)
+        yield receiver, receiver_pc, await asyncio.wait_for(first, 10)
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
 
-        packet = await asyncio.wait_for(first, 10)
+
+async def test_packets_taken_on_arrival_still_pass_through_the_receivers_bookkeeping():
+    """forward_on_arrival hands a stream's packets over as their datagrams
+    arrive, decrypted and in order; aiortc's receiver still counts them (its
+    RTCP reports depend on it) and its tap does not hand them over again."""
+    import asyncio
+
+    tapped: list[int] = []
+    arrived: list[int] = []
+    async with _audio_call(lambda packet: tapped.append(packet.sequence_number)) \
+            as (receiver, _, packet):
         enough = asyncio.get_running_loop().create_future()
-
         arrival_times: dict[int, float] = {}
         receiver_times: dict[int, int] = {}
 
@@ -273,9 +288,6 @@ async def test_packets_taken_on_arrival_still_pass_through_the_receivers_bookkee
         report = await receiver.getStats()
         inbound = next(s for s in report.values() if s.type == "inbound-rtp")
         assert inbound.packetsReceived >= len(tapped) + len(arrived)
-    finally:
-        await sender_pc.close()
-        await receiver_pc.close()
 
 
 async def test_an_arrival_handler_that_fails_costs_nothing_but_its_packet():
@@ -283,27 +295,8 @@ async def test_an_arrival_handler_that_fails_costs_nothing_but_its_packet():
     packet goes on to aiortc, which counts it, and the connection stays up."""
     import asyncio
 
-    from aiortc.mediastreams import AudioStreamTrack
-
-    aiortc_seams.use_loopback_ice(True, only=True)
-    sender_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    receiver_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    first = asyncio.get_running_loop().create_future()
     failures: list[int] = []
-    try:
-        sender_pc.addTrack(AudioStreamTrack())
-        await sender_pc.setLocalDescription(await sender_pc.createOffer())
-        await receiver_pc.setRemoteDescription(sender_pc.localDescription)
-        receiver = receiver_pc.getTransceivers()[0].receiver
-
-        async def on_tapped(packet) -> None:
-            if not first.done():
-                first.set_result(packet)
-        aiortc_seams.tap_receiver(receiver, on_tapped)
-        await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
-        await sender_pc.setRemoteDescription(receiver_pc.localDescription)
-        packet = await asyncio.wait_for(first, 10)
-
+    async with _audio_call(lambda packet: None) as (receiver, receiver_pc, packet):
         def failing(packet, arrived_at: float) -> None:
             failures.append(packet.sequence_number)
             raise RuntimeError("a broken handler")
@@ -320,9 +313,6 @@ async def test_an_arrival_handler_that_fails_costs_nothing_but_its_packet():
         assert receiver_pc.connectionState == "connected"
         arrivals = getattr(receiver.transport, "_goldenhour_arrivals")
         assert arrivals.errors == len(failures)
-    finally:
-        await sender_pc.close()
-        await receiver_pc.close()
 
 
 async def test_aiortcs_bookkeeping_of_a_frame_waits_until_the_frame_is_in():
@@ -336,7 +326,7 @@ async def test_aiortcs_bookkeeping_of_a_frame_waits_until_the_frame_is_in():
     import asyncio
 
     import pylibsrtp
-    from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+    from aiortc.rtp import HeaderExtensionsMap
 
     key = bytes(range(30))
     tx = pylibsrtp.Session(pylibsrtp.Policy(key, pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
