@@ -66,6 +66,9 @@ async def test_receiver_and_sender_still_have_the_private_state_the_seams_use():
         receive_next = inspect.getsource(type(transport)._recv_next)
         assert "self._rx_srtp.unprotect(data)" in receive_next
         assert "self._handle_rtp_data(data, arrival_time_ms=arrival_time_ms)" in receive_next
+        handle_rtp_data = inspect.getsource(type(transport)._handle_rtp_data)
+        assert "self._rtp_router.route_rtp(packet)" in handle_rtp_data
+        assert "receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)" in handle_rtp_data
         assert "self.receiver.data_received(data, self.local_candidate.component)" in \
             inspect.getsource(aioice.ice.StunProtocol.datagram_received)
         assert isinstance(aioice.ice.CandidatePair.remote_addr, property)

@@ -109,9 +109,11 @@ def tap_receiver(receiver: RTCRtpReceiver,
 
 class _Handled(bytes):
     """A datagram decrypted, and taken by a handler, as it arrived; with when
-    it reached its socket (`arrival_ms`, aiortc's clock: ms since 1900)."""
+    it reached its socket (`arrival_ms`, aiortc's clock: ms since 1900) and
+    the packet parsed from it (aiortc need not parse it again)."""
 
     arrival_ms: int
+    packet: RtpPacket
 
 
 class _PassHandled:
@@ -212,6 +214,7 @@ class _Arrivals:
                             log.exception("an RTP arrival handler failed")
                         data = _Handled(clear)
                         data.arrival_ms = int((arrived + _NTP_EPOCH_OFFSET_S) * 1000)
+                        data.packet = packet
                         backlog.append((data, component))
                         if packet.marker:
                             # The frame is in: its bookkeeping may run (after
@@ -237,9 +240,13 @@ class _Arrivals:
                 await handle_rtp_data(data, arrival_time_ms)
                 return
             # aiortc's DTLS transport handles one datagram at a time, to the end.
+            # (What its _handle_rtp_data does, with the packet already parsed.)
+            receiver = transport._rtp_router.route_rtp(data.packet)
+            if receiver is None:
+                return
             self.handled = True
             try:
-                await handle_rtp_data(data, data.arrival_ms)
+                await receiver._handle_rtp_packet(data.packet, arrival_time_ms=data.arrival_ms)
             finally:
                 self.handled = False
 
