@@ -45,6 +45,7 @@ async def test_receiver_and_sender_still_have_the_private_state_the_seams_use():
                      "_RTCRtpReceiver__remote_streams", "_RTCRtpReceiver__codecs"):
             assert hasattr(receiver, name), name
         assert callable(receiver._handle_rtp_packet) and callable(receiver._send_rtcp_pli)
+        assert receiver._enabled is True  # forward_on_arrival honours it
         for name in ("_RTCRtpSender__rtp_history", "_RTCRtpSender__rtp_header_extensions_map",
                      "_RTCRtpSender__mid", "_RTCRtpSender__ntp_timestamp",
                      "_RTCRtpSender__rtp_timestamp", "_RTCRtpSender__octet_count",
@@ -356,9 +357,11 @@ async def test_aiortcs_bookkeeping_of_a_frame_waits_until_the_frame_is_in():
 
     class Receiver:
         transport = Dtls()
+        _enabled = True
 
     taken: list[int] = []
-    aiortc_seams.forward_on_arrival(Receiver(), 0x1234, 96,
+    receiver = Receiver()
+    aiortc_seams.forward_on_arrival(receiver, 0x1234, 96,
                                     lambda packet, arrived: taken.append(packet.sequence_number))
     connection = Receiver.transport.transport._connection
 
@@ -389,3 +392,10 @@ async def test_aiortcs_bookkeeping_of_a_frame_waits_until_the_frame_is_in():
         while not connection.queue:
             await asyncio.sleep(aiortc_seams.BOOKKEEPING_DELAY_S / 5)
     assert [int.from_bytes(d[2:4], "big") for d in connection.queue] == [5]
+
+    # A receiver its transceiver's direction disabled (aiortc drops what it
+    # gets): nothing is taken, everything goes to aiortc as it came.
+    connection.queue.clear()
+    receiver._enabled = False
+    sent = arrive(6, marker=True)
+    assert taken[-1] == 5 and connection.queue == [sent]

@@ -165,7 +165,8 @@ class _Arrivals:
     """
 
     def __init__(self, transport: Any) -> None:
-        self.handlers: dict[int, tuple[int, Callable[[RtpPacket, float], None]]] = {}
+        #: SSRC -> (payload type, handler, the receiver it stands in front of)
+        self.handlers: dict[int, tuple[int, Callable[[RtpPacket, float], None], Any]] = {}
         #: True while aiortc handles a packet a handler already took.
         self.handled = False
         self.errors = 0
@@ -187,7 +188,10 @@ class _Arrivals:
             if handlers and 127 < data[0] < 192 and len(data) >= 12 and not 192 <= data[1] <= 223:
                 entry = handlers.get(int.from_bytes(data[8:12], "big"))
                 session = transport._rx_srtp
-                if entry is not None and entry[0] == data[1] & 0x7F and session is not None:
+                # (A receiver its transceiver's direction disabled drops
+                # everything: so does this.)
+                if entry is not None and entry[0] == data[1] & 0x7F and session is not None \
+                        and entry[2]._enabled:
                     # Media comes on the nominated pair: the datagram just
                     # read from its socket is this one.
                     pair = nominated.get(component)
@@ -269,7 +273,7 @@ def forward_on_arrival(receiver: RTCRtpReceiver, ssrc: int, payload_type: int,
     if arrivals is None:
         arrivals = _Arrivals(transport)
         setattr(transport, _ARRIVALS_ATTRIBUTE, arrivals)
-    entry = (payload_type, handler)
+    entry = (payload_type, handler, receiver)
     arrivals.handlers[ssrc] = entry
 
     def stop() -> None:
