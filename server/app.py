@@ -25,7 +25,7 @@ from server.inference.live import LiveInference
 from server.inference.registry import ModelRegistry
 from server.rooms.room import RoomRegistry
 from server.sfu import aiortc_seams
-from server.sfu.producer import forwarding_delays_s
+from server.sfu.producer import BurstLog, forwarding_delays_s
 from server.signaling.session import SignalingSession
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "tablet_web" / "static"
@@ -42,8 +42,8 @@ def _delay_summary(delays_s) -> dict:
     return {"n": n, "p50": _ms(float(p50)), "p99": _ms(float(p99)), "mean": _ms(float(values.mean()))}
 
 
-def _forwarding_summaries(bursts: list) -> tuple[dict, dict]:
-    each, last = forwarding_delays_s(bursts)
+def _forwarding_summaries(bursts: tuple) -> tuple[dict, dict]:
+    each, last = forwarding_delays_s(*bursts)
     return _delay_summary(each), _delay_summary(last)
 
 
@@ -111,7 +111,7 @@ def create_app(config: Config) -> Starlette:
         for room in registry.rooms:
             for entry in room.router.stats():
                 producer = room.router.producer(entry["producer_id"])
-                bursts = producer.sent_bursts(reset) if producer else []
+                bursts = producer.sent_bursts.take(reset) if producer else BurstLog().take()
                 entry["room"] = room.name
                 # Hundreds of thousands of copies: summed up off the event loop.
                 entry["forwarding_ms"], entry["forwarding_last_copy_ms"] = \

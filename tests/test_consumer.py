@@ -279,12 +279,19 @@ async def test_packets_that_arrive_together_are_forwarded_together_once_read():
 
 def test_forwarding_delays_pair_every_copy_with_its_packets_arrival():
     """Each copy's delay is its consumer's send time minus its packet's
-    arrival; a packet's last copy is the latest consumer's."""
-    from server.sfu.producer import forwarding_delays_s
+    arrival; a packet's last copy is the latest consumer's. The log keeps
+    between `keep` and twice `keep` bursts, the newest."""
+    from server.sfu.producer import BurstLog, forwarding_delays_s
 
-    bursts = [((1.0, 1.5), [2.0, 3.0, 4.0]),  # two packets, three consumers
-              ((10.0,), [10.25])]
-    each, last = forwarding_delays_s(bursts)
+    log = BurstLog(keep=2)
+    assert [len(a) for a in forwarding_delays_s(*log.take())] == [0, 0]
+    log.add([1.0, 1.5], [2.0, 3.0, 4.0])  # two packets, three consumers
+    log.add([10.0], [10.25])
+    each, last = forwarding_delays_s(*log.take())
     assert sorted(each.tolist()) == [0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
     assert last.tolist() == [3.0, 2.5, 0.25]
-    assert [len(a) for a in forwarding_delays_s([])] == [0, 0]
+    for start in (20.0, 30.0, 40.0):  # five bursts: past twice keep
+        log.add([start], [start + 0.5])
+    each, last = forwarding_delays_s(*log.take(reset=True))
+    assert last.tolist() == [0.5, 0.5, 0.5]  # the oldest two forgotten
+    assert [len(a) for a in forwarding_delays_s(*log.take())] == [0, 0]

@@ -8,8 +8,9 @@ import os
 import sys
 import time
 import uuid
+from array import array
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,30 +40,68 @@ def forward_on_arrival_enabled() -> bool:
     return os.environ.get("GOLDENHOUR_FORWARD", "on-arrival").lower() != "after-receiver"
 
 
-def forwarding_delays_s(bursts: list[tuple[tuple[float, ...], list[float]]]
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Forwarding delays in seconds, from a producer's `sent_bursts()`: from
-    each packet's arrival at the server's socket to each copy of it handed to
-    the kernel, and to its last copy. Vectorized, but for 4096 bursts of 9
+class BurstLog:
+    """The bursts a producer sent, for its forwarding delays: each packet's
+    arrival at the socket and when each consumer had the burst's copies
+    (time.time()'s clock), the last `keep` to `2 * keep` bursts.
+
+    Kept in flat arrays of C numbers, which hold no Python objects: Python's
+    collector never counts or walks them. A deque of a tuple and a list per
+    burst (2026-11-26) made generation-1 collections run, with pauses of
+    14-70 ms, where the server had none.
+    """
+
+    def __init__(self, keep: int = 4096) -> None:
+        self._keep = keep
+        self._arrivals = array("d")
+        self._done = array("d")
+        #: Per burst: how many packets, how many consumers.
+        self._sizes = array("q")
+
+    def add(self, arrivals: Iterable[float], done: list[float]) -> None:
+        before = len(self._arrivals)
+        self._arrivals.extend(arrivals)
+        self._sizes.append(len(self._arrivals) - before)
+        self._sizes.append(len(done))
+        self._done.extend(done)
+        if len(self._sizes) > 4 * self._keep:
+            # Forget the oldest half (`keep` bursts).
+            sizes = self._sizes[:2 * self._keep]
+            del self._arrivals[:sum(sizes[0::2])]
+            del self._done[:sum(sizes[1::2])]
+            del self._sizes[:2 * self._keep]
+
+    def take(self, reset: bool = False) -> tuple[array, array, array]:
+        """A copy of the log (arrivals, done, sizes); `reset` forgets it."""
+        taken = (array("d", self._arrivals), array("d", self._done), array("q", self._sizes))
+        if reset:
+            del self._arrivals[:], self._done[:], self._sizes[:]
+        return taken
+
+
+def forwarding_delays_s(arrivals: array, done: array, sizes: array) -> tuple[np.ndarray, np.ndarray]:
+    """Forwarding delays in seconds, from a `BurstLog.take()`: from each
+    packet's arrival at the server's socket to each copy of it handed to the
+    kernel, and to its last copy. Vectorized, but for 4096 bursts of 9
     packets to 16 consumers still tens of ms: run it off the event loop."""
-    if not bursts:
+    pairs = np.frombuffer(sizes, dtype=np.int64).reshape(-1, 2) if len(sizes) else None
+    if pairs is None:
         return np.empty(0), np.empty(0)
-    arrivals = np.fromiter((a for burst, _ in bursts for a in burst), np.float64)
-    done = np.fromiter((t for _, times in bursts for t in times), np.float64)
-    n_arrivals = np.fromiter((len(burst) for burst, _ in bursts), np.int64, len(bursts))
-    n_done = np.fromiter((len(times) for _, times in bursts), np.int64, len(bursts))
+    arrival_s = np.frombuffer(arrivals, dtype=np.float64)
+    done_s = np.frombuffer(done, dtype=np.float64)
+    n_arrivals, n_done = pairs[:, 0], pairs[:, 1]
     first_arrival = np.cumsum(n_arrivals) - n_arrivals
     first_done = np.cumsum(n_done) - n_done
     # Every (consumer, packet) pair of every burst: copy number c of burst b
     # is consumer c // n_arrivals[b] and packet c % n_arrivals[b].
     copies = n_arrivals * n_done
-    burst_of = np.repeat(np.arange(len(bursts)), copies)
+    burst_of = np.repeat(np.arange(len(pairs)), copies)
     within = np.arange(int(copies.sum())) - np.repeat(np.cumsum(copies) - copies, copies)
     size = n_arrivals[burst_of]
-    each = (done[first_done[burst_of] + within // size]
-            - arrivals[first_arrival[burst_of] + within % size])
-    latest = np.maximum.reduceat(done, first_done)
-    last = latest[np.repeat(np.arange(len(bursts)), n_arrivals)] - arrivals
+    each = (done_s[first_done[burst_of] + within // size]
+            - arrival_s[first_arrival[burst_of] + within % size])
+    latest = np.maximum.reduceat(done_s, first_done)
+    last = latest[np.repeat(np.arange(len(pairs)), n_arrivals)] - arrival_s
     return each, last
 
 
@@ -94,9 +133,8 @@ class Producer:
         self.last_keyframe_request_at = -1e9
         #: Event-loop times of the recent requests sent upstream (tests, stats).
         self.keyframe_request_times: deque[float] = deque(maxlen=64)
-        #: Recent bursts sent: the arrival time of each packet (at the socket)
-        #: and when each consumer had its copies (time.time()'s clock).
-        self._sent_bursts: deque[tuple[tuple[float, ...], list[float]]] = deque(maxlen=4096)
+        #: Recent bursts sent, for the forwarding delays.
+        self.sent_bursts = BurstLog()
         #: Of the packets taken on arrival, how long each waited in the socket
         #: before the event loop read it (recent ones, seconds).
         self.socket_waits_s: deque[float] = deque(maxlen=20000)
@@ -274,14 +312,7 @@ class Producer:
             if sent:
                 done.append(time.time())
         if done:
-            self._sent_bursts.append((tuple(arrived for _, _, arrived in packets), done))
-
-    def sent_bursts(self, reset: bool = False) -> list[tuple[tuple[float, ...], list[float]]]:
-        """The recent bursts sent (see `forwarding_delays_s`); `reset` forgets them."""
-        bursts = list(self._sent_bursts)
-        if reset:
-            self._sent_bursts.clear()
-        return bursts
+            self.sent_bursts.add((arrived for _, _, arrived in packets), done)
 
     def _forwarding_failed(self, consumer: Consumer | None) -> None:
         self.forwarding_errors += 1
