@@ -45,6 +45,13 @@ async def test_receiver_and_sender_still_have_the_private_state_the_seams_use():
                      "_RTCRtpReceiver__remote_streams", "_RTCRtpReceiver__codecs"):
             assert hasattr(receiver, name), name
         assert callable(receiver._handle_rtp_packet) and callable(receiver._send_rtcp_pli)
+        # REMB both ways: sent with the receiver's RTCP SSRC; heard through
+        # the sender's _handle_rtcp_packet, which the DTLS transport looks up
+        # on each RTCP packet (so an instance attribute stands in for it).
+        assert callable(receiver._send_rtcp) and hasattr(receiver, "_RTCRtpReceiver__rtcp_ssrc")
+        assert callable(sender._handle_rtcp_packet) and hasattr(sender, "_ssrc")
+        assert "await recipient._handle_rtcp_packet(packet)" in \
+            inspect.getsource(aiortc.rtcdtlstransport.RTCDtlsTransport._handle_rtcp_data)
         assert receiver._enabled is True  # forward_on_arrival honours it
         for name in ("_RTCRtpSender__rtp_history", "_RTCRtpSender__rtp_header_extensions_map",
                      "_RTCRtpSender__mid", "_RTCRtpSender__ntp_timestamp",
@@ -127,12 +134,13 @@ def test_keyframe_detectors_survive_truncated_payloads():
         keyframe_detector("video/AV1")
 
 
-async def test_remb_is_sent_at_most_once_per_interval_while_overused():
+@pytest.mark.parametrize("cap_bps", [None, 150_000])
+async def test_remb_is_sent_at_most_once_per_interval_while_overused(cap_bps):
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
         receiver = pc.addTransceiver("video", direction="recvonly").receiver
         estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator
-        aiortc_seams.throttle_remb(receiver, min_interval_ms=200)
+        upstream = aiortc_seams.UpstreamRemb(receiver, lambda: cap_bps, min_interval_ms=200)
         sent = []
         # 2 s of 250 packets/s whose arrival spacing grows: a queue building up,
         # which aiortc's detector calls overuse (and would answer per packet).
@@ -145,8 +153,14 @@ async def test_remb_is_sent_at_most_once_per_interval_while_overused():
                                  payload_size=1200, ssrc=1)
             if remb is not None:
                 sent.append(int(arrival))
+                # aiortc's own estimate, capped by what the subscribers take.
+                assert remb[0] == min(upstream.own_bps, cap_bps or upstream.own_bps) \
+                    == upstream.sent_bps
+                assert remb[1] == [1]
         assert sent, "no REMB at all: the estimator never produced an estimate"
         assert all(b - a >= 200 for a, b in zip(sent, sent[1:]))
+        if cap_bps is not None:
+            assert upstream.own_bps > cap_bps, "the cap was never the lower of the two"
     finally:
         await pc.close()
 

@@ -44,7 +44,7 @@ class RecordingInjector:
         self.next_seq = next_seq
         self.attached = False
 
-    def attach(self, on_keyframe_request, on_ready) -> None:
+    def attach(self, on_keyframe_request, on_ready, on_bitrate_estimate=None) -> None:
         self.attached = True
         on_ready()
 

@@ -25,10 +25,18 @@ from typing import Any
 import aioice.ice
 import pylibsrtp
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender
+from aiortc import clock as aiortc_clock
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcdtlstransport import State as _DtlsState
 from aiortc.rtcrtpreceiver import TimestampMapper
-from aiortc.rtp import RTP_HISTORY_SIZE, RtpPacket
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTP_HISTORY_SIZE,
+    RtcpPsfbPacket,
+    RtpPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
+)
 
 from server.sfu.fastpath import DirectRoute
 from server.sfu.timestamps import kernel_receive_time
@@ -283,31 +291,101 @@ def forward_on_arrival(receiver: RTCRtpReceiver, ssrc: int, payload_type: int,
     return stop
 
 
-def throttle_remb(receiver: RTCRtpReceiver, min_interval_ms: int = 200) -> None:
-    """Let a video receiver send at most one REMB per `min_interval_ms`.
+class UpstreamRemb:
+    """The REMB (draft-alvestrand-rmcat-remb) a video receiver sends its
+    publisher: aiortc's own estimate of the uplink, capped by `cap()` (the
+    SFU's word for what its subscribers can take), and at most one per
+    `min_interval_ms`.
 
     aiortc's remote bitrate estimator returns a new estimate for every packet
     while it judges the link overused, and the receiver sends each one: a
     REMB (RTCP build, SRTCP, sendto) per packet, on exactly the busy machine
     that can least afford it. libwebrtc rate-limits the same feedback. The
     first estimate after the interval is sent, so a falling estimate still
-    reaches the publisher within `min_interval_ms`.
+    reaches the publisher within `min_interval_ms`. `send_now()` sends the
+    capped estimate without waiting for aiortc's next one, for when the cap
+    itself moved.
     """
-    estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
-    if estimator is None:
-        return
-    estimate = estimator.add
-    last_sent_ms = [-(1 << 62)]
 
-    def add(arrival_time_ms: int, abs_send_time: int, payload_size: int, ssrc: int):
-        remb = estimate(arrival_time_ms=arrival_time_ms, abs_send_time=abs_send_time,
-                        payload_size=payload_size, ssrc=ssrc)
-        if remb is None or arrival_time_ms - last_sent_ms[0] < min_interval_ms:
-            return None
-        last_sent_ms[0] = arrival_time_ms
-        return remb
+    def __init__(self, receiver: RTCRtpReceiver, cap: Callable[[], int | None],
+                 min_interval_ms: int = 200) -> None:
+        self._receiver = receiver
+        self._cap = cap
+        self.min_interval_ms = min_interval_ms
+        #: aiortc's latest estimate of the uplink (bits/s), and the SSRCs it covers.
+        self.own_bps: int | None = None
+        self._ssrcs: list[int] = []
+        #: The latest REMB sent upstream (bits/s) and when (aiortc's clock:
+        #: ms since 1900, which its arrival times also use).
+        self.sent_bps: int | None = None
+        self.sent_at_ms = -(1 << 62)
+        estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+        if estimator is None:
+            return
+        estimate = estimator.add
 
-    estimator.add = add
+        def add(arrival_time_ms: int, abs_send_time: int, payload_size: int, ssrc: int):
+            remb = estimate(arrival_time_ms=arrival_time_ms, abs_send_time=abs_send_time,
+                            payload_size=payload_size, ssrc=ssrc)
+            if remb is None:
+                return None
+            self.own_bps, self._ssrcs = remb
+            if arrival_time_ms - self.sent_at_ms < self.min_interval_ms:
+                return None
+            bitrate = self.wanted_bps()
+            self.sent_bps, self.sent_at_ms = bitrate, arrival_time_ms
+            return bitrate, self._ssrcs
+
+        estimator.add = add
+
+    def wanted_bps(self) -> int | None:
+        """What a REMB sent now would say (None: nothing to say yet)."""
+        cap, own = self._cap(), self.own_bps
+        if cap is None or own is None:
+            return cap if own is None else own
+        return min(own, cap)
+
+    def due_in_ms(self) -> int:
+        """How long until the minimum interval since the last REMB is over."""
+        return max(0, self.sent_at_ms + self.min_interval_ms - aiortc_clock.current_ms())
+
+    async def send_now(self, media_ssrcs: list[int]) -> None:
+        """Send the capped estimate at once, for the streams aiortc's
+        estimate covers (before it has one: `media_ssrcs`)."""
+        bitrate = self.wanted_bps()
+        if bitrate is not None:
+            self.sent_bps, self.sent_at_ms = bitrate, aiortc_clock.current_ms()
+            await send_remb(self._receiver, bitrate, self._ssrcs or media_ssrcs)
+
+
+async def send_remb(receiver: RTCRtpReceiver, bitrate_bps: int, media_ssrcs: list[int]) -> None:
+    """Send a REMB from `receiver` to its sender: at most `bitrate_bps` for
+    the streams `media_ssrcs`. Nothing before the receiver has an RTCP SSRC
+    (before negotiation)."""
+    rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+    if rtcp_ssrc is not None:
+        await receiver._send_rtcp(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
+                                                 fci=pack_remb_fci(bitrate_bps, media_ssrcs)))
+
+
+def watch_remb(sender: RTCRtpSender, on_estimate: Callable[[int], None]) -> None:
+    """Call `on_estimate(bits_per_second)` for every REMB the sender's peer
+    sends about the sender's stream; aiortc's own handling (an encoder's
+    target bitrate, when the sender has one) carries on."""
+    handle = sender._handle_rtcp_packet
+
+    async def handle_rtcp_packet(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                pass  # an application-layer feedback message that is not REMB
+            else:
+                if sender._ssrc in ssrcs:
+                    on_estimate(bitrate)
+        await handle(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
 
 
 async def request_keyframe(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
@@ -423,6 +501,7 @@ class RtpInjector:
         self._octets = 0
         self._on_keyframe_request: Callable[[], None] = _nothing
         self._on_ready: Callable[[], None] = _nothing
+        self._on_bitrate_estimate: Callable[[int], None] = _ignore_estimate
         self._hold = HoldTrack(sender.kind)
         #: Bumped whenever negotiation changes the header we write.
         self._config_version = 0
@@ -435,6 +514,7 @@ class RtpInjector:
         # A subscriber's PLI/FIR reaches the sender's `_send_keyframe`, which
         # would only flag its (unused) encoder: route it to the SFU instead.
         sender._send_keyframe = lambda: self._on_keyframe_request()  # type: ignore[method-assign]
+        watch_remb(sender, lambda bitrate: self._on_bitrate_estimate(bitrate))
         original_send = sender.send
         original_retransmit = sender._retransmit
 
@@ -463,17 +543,21 @@ class RtpInjector:
         sender._retransmit = retransmit  # type: ignore[method-assign]
 
     def attach(self, on_keyframe_request: Callable[[], None],
-               on_ready: Callable[[], None]) -> None:
+               on_ready: Callable[[], None],
+               on_bitrate_estimate: Callable[[int], None] | None = None) -> None:
         """Give the sender to a (new) consumer: its subscriber's keyframe
-        requests go to `on_keyframe_request`; `on_ready` is called once the
-        transport can carry media (at once, if it already can)."""
+        requests go to `on_keyframe_request`, its estimates of what its link
+        can take (REMB, bits/s) to `on_bitrate_estimate`; `on_ready` is called
+        once the transport can carry media (at once, if it already can)."""
         self._on_keyframe_request = on_keyframe_request
         self._on_ready = on_ready
+        self._on_bitrate_estimate = on_bitrate_estimate or _ignore_estimate
         if self.ready:
             on_ready()
 
     def detach(self) -> None:
         self._on_keyframe_request = self._on_ready = _nothing
+        self._on_bitrate_estimate = _ignore_estimate
 
     def close(self) -> None:
         self.detach()
@@ -644,6 +728,10 @@ class RtpInjector:
 
 
 def _nothing() -> None:
+    pass
+
+
+def _ignore_estimate(bitrate: int) -> None:
     pass
 
 

@@ -53,8 +53,13 @@ class Consumer:
         self._fast_base = 0
         #: The producer's extended sequence numbers minus ours, while fast.
         self._ext_shift = 0
+        #: The subscriber's latest estimate of what its link can take (REMB,
+        #: bits/s; None before the first) and when it came (producer clock).
+        self.bitrate_estimate_bps: int | None = None
+        self.bitrate_estimate_at = -1e9
         producer.add_consumer(self)
-        injector.attach(self._on_subscriber_keyframe_request, self._on_ready)
+        injector.attach(self._on_subscriber_keyframe_request, self._on_ready,
+                        self._on_subscriber_bitrate_estimate)
 
     @property
     def wants_keyframe(self) -> bool:
@@ -69,6 +74,11 @@ class Consumer:
         self.keyframe_requests += 1
         self.last_keyframe_request_at = self.producer.clock()
         self.producer.request_keyframe()
+
+    def _on_subscriber_bitrate_estimate(self, bitrate_bps: int) -> None:
+        self.bitrate_estimate_bps = bitrate_bps
+        self.bitrate_estimate_at = self.producer.clock()
+        self.producer.bitrate_feedback_changed()
 
     def forward(self, packet: RtpPacket, abs_send_time: bytes) -> Awaitable[None] | None:
         """Send one packet; the producer calls this only from a keyframe start on

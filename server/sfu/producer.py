@@ -31,6 +31,19 @@ KEYFRAME_REQUEST_INTERVAL_S = 0.3
 #: While any consumer waits for a keyframe, ask again this often (seconds):
 #: the first PLI or the keyframe itself may be lost.
 KEYFRAME_RETRY_S = 0.5
+#: The REMB sent to the publisher is the lowest of its subscribers' estimates
+#: (and of the server's own estimate of the uplink), but one subscriber's link
+#: never pulls it below this (bits/s): without simulcast every subscriber gets
+#: the same picture, and a 720p picture below about 400 kbit/s is too coarse
+#: to guide by. A subscriber slower than this loses packets on its own link
+#: and recovers with NACK and keyframes, as any subscriber does.
+SUBSCRIBER_BITRATE_FLOOR_BPS = 400_000
+#: A subscriber's estimate counts this long after its latest REMB (seconds);
+#: receivers send one at least every second or so while media flows.
+SUBSCRIBER_ESTIMATE_TTL_S = 5.0
+#: The REMB goes upstream at once when what it would say moved by this
+#: fraction since the last one sent (libwebrtc's REMB throttle uses 3%).
+REMB_CHANGE_TO_SEND = 0.03
 
 
 def forward_on_arrival_enabled() -> bool:
@@ -156,8 +169,10 @@ class Producer:
         #: Packets that arrived since the event loop last ran its callbacks.
         self._arrived: list[tuple[RtpPacket, float]] = []
         aiortc_seams.tap_receiver(receiver, self._on_packet)
-        if kind == "video":
-            aiortc_seams.throttle_remb(receiver)
+        #: The bandwidth feedback to the publisher (video only: REMB).
+        self._remb = aiortc_seams.UpstreamRemb(receiver, self.subscriber_bitrate_cap) \
+            if kind == "video" else None
+        self._remb_due: asyncio.TimerHandle | None = None
 
     @property
     def closed(self) -> bool:
@@ -175,6 +190,49 @@ class Producer:
             self._consumers.remove(consumer)
         if consumer.fast and self._fast is not None:
             consumer.leave_fast(self._fast, self._highest_ext or 0)
+        # Its estimate no longer holds the others back.
+        self.bitrate_feedback_changed()
+
+    # --- bandwidth feedback ------------------------------------------------------
+
+    def subscriber_bitrate_cap(self) -> int | None:
+        """The lowest recent estimate among the subscribers (bits/s), at
+        least `SUBSCRIBER_BITRATE_FLOOR_BPS`; None while none has one."""
+        now = self._loop.time()
+        fresh = [c.bitrate_estimate_bps for c in self._consumers
+                 if c.bitrate_estimate_bps is not None
+                 and now - c.bitrate_estimate_at <= SUBSCRIBER_ESTIMATE_TTL_S]
+        return max(SUBSCRIBER_BITRATE_FLOOR_BPS, min(fresh)) if fresh else None
+
+    @property
+    def upstream_bitrate_bps(self) -> int | None:
+        """The latest REMB sent to the publisher (bits/s)."""
+        return self._remb.sent_bps if self._remb is not None else None
+
+    @property
+    def uplink_estimate_bps(self) -> int | None:
+        """The server's own estimate of the publisher's uplink (bits/s)."""
+        return self._remb.own_bps if self._remb is not None else None
+
+    def bitrate_feedback_changed(self) -> None:
+        """A subscriber's estimate came, or a subscriber left: if the REMB the
+        publisher would get moved, send it now (or, inside the minimum
+        interval, at its end) instead of with aiortc's next estimate."""
+        remb = self._remb
+        if remb is None or self._closed or self._remb_due is not None:
+            return
+        wanted, sent = remb.wanted_bps(), remb.sent_bps
+        if wanted is None or (sent is not None and abs(wanted - sent) < REMB_CHANGE_TO_SEND * sent):
+            return
+        self._remb_due = self._loop.call_later(remb.due_in_ms() / 1000, self._send_remb)
+
+    def _send_remb(self) -> None:
+        self._remb_due = None
+        if self._closed or self._remb is None or self.media_ssrc is None:
+            return
+        task = self._loop.create_task(self._remb.send_now([self.media_ssrc]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @property
     def fast_consumers(self) -> int:
@@ -363,7 +421,7 @@ class Producer:
 
     def close(self) -> None:
         self._closed = True
-        for handle in (self._deferred, self._retry):
+        for handle in (self._deferred, self._retry, self._remb_due):
             if handle is not None:
                 handle.cancel()
         if self._stop_arrivals is not None:

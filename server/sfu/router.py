@@ -64,11 +64,14 @@ class Router:
                 "codec": p.mime_type, "packets_in": p.packets_in,
                 "packets_on_arrival": p.packets_on_arrival,
                 "keyframe_requests_sent": p.keyframe_requests_sent,
+                "uplink_estimate_bps": p.uplink_estimate_bps,
+                "upstream_remb_bps": p.upstream_bitrate_bps,
                 "consumers": [{"consumer_id": c.id, "subscriber_id": c.subscriber_id,
                                "packets_out": c.packets_out,
                                "packets_dropped": c.packets_dropped,
                                "waiting_for_keyframe": c.waiting_for_keyframe,
-                               "c_loop": c.fast}
+                               "c_loop": c.fast,
+                               "remb_bps": c.bitrate_estimate_bps}
                               for c in p.consumers],
             })
         return out
