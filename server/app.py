@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from server.gc_pauses import GcPauses, freeze_startup_heap
 from server.inference.live import LiveInference
 from server.inference.registry import ModelRegistry
 from server.rooms.room import RoomRegistry
+from server.scheduling import use_realtime_priority
 from server.sfu import aiortc_seams
 from server.sfu.producer import BurstLog, forwarding_delays_s
 from server.signaling.session import SignalingSession
@@ -70,6 +72,8 @@ def create_app(config: Config) -> Starlette:
         # collector's way (server/gc_pauses.py).
         freeze_startup_heap()
         gc_pauses.install()
+        # The lifespan runs on the event loop's thread: the one to schedule.
+        app.state.scheduling = use_realtime_priority(config.realtime_priority)
         try:
             yield
         finally:
@@ -85,6 +89,7 @@ def create_app(config: Config) -> Starlette:
             "rooms": len(registry.rooms),
             "peers": sum(len(r.peers) for r in registry.rooms),
             "gc": gc_pauses.summary(),
+            "scheduling": dataclasses.asdict(request.app.state.scheduling),
         })
 
     async def rooms(request: Request) -> JSONResponse:

@@ -23,8 +23,13 @@ def _serve(args: argparse.Namespace) -> int:
     from server.app import create_app
     from server.tls import ensure_certificate
 
-    config = Config.from_env(host=args.host, port=args.port, tls=False if args.no_tls else None,
-                             ice_loopback_only=True if args.loopback_only else None)
+    try:
+        config = Config.from_env(host=args.host, port=args.port, tls=False if args.no_tls else None,
+                                 ice_loopback_only=True if args.loopback_only else None,
+                                 realtime_priority=args.realtime_priority)
+    except ValueError as exc:
+        print(f"goldenhour serve: {exc}", file=sys.stderr)
+        return 2
     ssl_files: dict[str, str] = {}
     if config.tls:
         cert, key = ensure_certificate(config.data_dir, config.host)
@@ -150,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--no-tls", action="store_true", help="plain HTTP (localhost tests)")
     serve.add_argument("--no-demo-crew", action="store_true",
                        help="do not start the simulated crew in the demo room")
+    serve.add_argument("--realtime-priority", type=int, default=None, metavar="N",
+                       help="run the media event loop under SCHED_FIFO at priority N (1-99; "
+                            "needs CAP_SYS_NICE or RLIMIT_RTPRIO; default 0, normal priority)")
     serve.add_argument("--loopback-only", action="store_true",
                        help="offer only 127.0.0.1 as ICE candidate")
     serve.set_defaults(func=_serve)

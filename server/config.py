@@ -43,6 +43,13 @@ class Config:
     #: Seconds a client has to answer a subscribe offer before its session is
     #: closed (it would otherwise never receive another track).
     subscribe_answer_timeout_s: float = 10.0
+    #: Run the event loop's thread under SCHED_FIFO at this priority (1-99;
+    #: 0: normal scheduling). server/scheduling.py says why and what it costs.
+    realtime_priority: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.realtime_priority <= 99:
+            raise ValueError(f"realtime_priority must be 0 (off) or 1-99, not {self.realtime_priority}")
 
     @property
     def scheme(self) -> str:
@@ -71,5 +78,7 @@ class Config:
         if "GOLDENHOUR_DEMO_ROOM" in env:
             values["demo_room"] = env["GOLDENHOUR_DEMO_ROOM"] or None
         values["require_token"] = _env_bool(env, "GOLDENHOUR_REQUIRE_TOKEN", cls.require_token)
+        if "GOLDENHOUR_REALTIME_PRIORITY" in env:
+            values["realtime_priority"] = int(env["GOLDENHOUR_REALTIME_PRIORITY"])
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
