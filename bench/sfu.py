@@ -48,6 +48,11 @@ What can bias the figures (points where it does are flagged in the output):
 - Subscribers send no REMB (bench/receiver_seams.py says why); the encoders
   are pinned to one bitrate anyway.
 - "+direct" compares percentiles of runs made one after another.
+- goldenhour-realtime is the same server run with `--realtime-priority 10`
+  (its event loop under SCHED_FIFO, server/scheduling.py; needs root or
+  CAP_SYS_NICE, and the point fails if refused): the subscribers it wakes
+  can no longer take its core. Every other process, the other servers
+  included, runs at normal priority.
 - Forwarding delay is what the SFU measures itself, from a datagram's arrival
   at the server's socket (its kernel receive timestamp) to each copy handed
   to the kernel ('fwd', the goal's figure) and to its last copy ('last
@@ -90,14 +95,22 @@ REPO = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 REPLY_PREFIX = "@@"
 
-SYSTEMS = ("direct", "goldenhour", "goldenhour-python", "goldenhour-after-receiver", "relay")
+SYSTEMS = ("direct", "goldenhour", "goldenhour-realtime", "goldenhour-python",
+           "goldenhour-after-receiver", "relay")
 #: What a run measures unless told (--systems).
-DEFAULT_SYSTEMS = ("direct", "goldenhour", "goldenhour-python", "relay")
+DEFAULT_SYSTEMS = ("direct", "goldenhour", "goldenhour-realtime", "goldenhour-python", "relay")
 #: The servers measured (the direct call is the reference for each N).
-SERVER_SYSTEMS = ("goldenhour", "goldenhour-python", "goldenhour-after-receiver", "relay")
-SYSTEM_LABELS = {"goldenhour": "GoldenHour SFU", "goldenhour-python": "GoldenHour, Python fan-out",
+SERVER_SYSTEMS = ("goldenhour", "goldenhour-realtime", "goldenhour-python",
+                  "goldenhour-after-receiver", "relay")
+SYSTEM_LABELS = {"goldenhour": "GoldenHour SFU",
+                 "goldenhour-realtime": "GoldenHour, --realtime-priority",
+                 "goldenhour-python": "GoldenHour, Python fan-out",
                  "goldenhour-after-receiver": "GoldenHour, forwarding after aiortc's receiver",
                  "relay": "aiortc MediaRelay", "direct": "direct call"}
+#: Extra arguments of each server: the same GoldenHour server with its event
+#: loop under SCHED_FIFO (as a deployment that shares its cores would run it;
+#: server/scheduling.py), next to the one at the load generator's priority.
+SERVER_ARGS = {"goldenhour-realtime": ["--realtime-priority", "10"]}
 #: Extra environment of each server: the same GoldenHour server with its C
 #: fan-out loop turned off is the baseline of that loop, in the same run.
 SERVER_ENV = {"goldenhour-python": {"GOLDENHOUR_FANOUT": "python"},
@@ -340,7 +353,8 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
             port = free_port()
             if system.startswith("goldenhour"):
                 argv = [python, "-m", "server.cli", "--log-level", "WARNING", "serve",
-                        "--no-tls", "--no-demo-crew", "--loopback-only", "--port", str(port)]
+                        "--no-tls", "--no-demo-crew", "--loopback-only", "--port", str(port),
+                        *SERVER_ARGS.get(system, [])]
             else:
                 argv = [python, str(BENCH_DIR / "relay_server.py"), "--port", str(port),
                         "--bitrate", str(settings.bitrate_bps)]
@@ -369,6 +383,11 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
             if server is not None:
                 await server.start()
                 await _wait_healthy(server, f"{http_url}/healthz")
+            if system in SERVER_ARGS:
+                scheduling = (await http_get_json(f"{http_url}/healthz"))["scheduling"]
+                point["server_scheduling"] = scheduling
+                if scheduling["refused"]:
+                    raise RuntimeError(f"{system}: {scheduling['refused']}")
 
         # Python, aiortc and PyAV take seconds to import on a busy machine:
         # start every process at once; media starts only when all are up.
