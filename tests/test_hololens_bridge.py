@@ -4,7 +4,9 @@ one, inside the synthetic ambulance), a real server and real aiortc peers."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import time
 
 import numpy as np
 import pytest
@@ -22,15 +24,16 @@ WIDTH, HEIGHT = 320, 180
 class Rig:
     """A simulated headset, a bridge publishing it into a room, and the server."""
 
-    def __init__(self, world: World, room: str) -> None:
+    def __init__(self, world: World, room: str, bitrate: int = 600_000) -> None:
         self.world, self.room = world, room
         self.headset = SimulatedHeadset()
         self.bridge: Bridge | None = None
+        self.bitrate = bitrate
 
     async def start(self) -> Rig:
         await self.headset.start()
         source = Hl2ssHeadset("127.0.0.1", self.headset.ports,
-                              pv=wire.PvConfig(WIDTH, HEIGHT, 30, bitrate=600_000),
+                              pv=wire.PvConfig(WIDTH, HEIGHT, 30, bitrate=self.bitrate),
                               map_interval_s=0.5)
         self.bridge = Bridge(source, self.world.server.ws, self.room, "medic",
                              make_client=lambda: self.world.client("crew", "medic", self.room, create=True))
@@ -48,8 +51,8 @@ class Rig:
 async def rig(world: World):
     made: list[Rig] = []
 
-    async def make(room: str) -> Rig:
-        r = await Rig(world, room).start()
+    async def make(room: str, **kwargs: int) -> Rig:
+        r = await Rig(world, room, **kwargs).start()
         made.append(r)
         return r
 
@@ -120,6 +123,51 @@ async def test_headset_streams_reach_an_expert_with_each_frames_pose(world: Worl
     from clients.hololens_bridge.simulated import ToneTrack
     await expert.publish([ToneTrack()])
     await r.bridge.client.wait_until(lambda: r.bridge.heard_audio_frames > 10, 20)
+
+
+async def test_the_headset_is_reopened_at_a_lower_bitrate_when_an_expert_cannot_take_it(
+        world: World, rig):
+    """hl2ss encodes at the bitrate its stream was opened with: when the
+    server's estimate (REMB) stays below what the headset sends, the bridge
+    opens the stream again at a rung the estimate carries, and the picture
+    goes on from the new stream's first keyframe."""
+    r = await rig("hl-bw", bitrate=2_000_000)
+    expert = await world.expert("Dr Slow", room="hl-bw")
+    remote = await expert.wait_for_track("video", 20)
+    async with asyncio.timeout(20):
+        before = [frame_code(await remote.track.recv()).frame_id for _ in range(5)]
+    room = world.server.app.state.registry.get("hl-bw")
+    producer = room.router.producer(remote.info["producer_id"])
+    # The server's own estimate of the uplink starts about 5 s into the
+    # stream; from then on it sends a REMB at least once a second.
+    await expert.wait_until(lambda: producer.uplink_estimate_bps is not None, 20)
+    sending = r.bridge._sending_bps(time.monotonic())
+    connections = r.headset.stats.pv_connections
+    assert r.bridge.bitrate_changes == []
+
+    # The expert's link takes 100 kbit/s; the server passes on its floor
+    # (or its estimate of the uplink, if lower), below what the headset sends.
+    from server.sfu import aiortc_seams
+    from server.sfu.producer import SUBSCRIBER_BITRATE_FLOOR_BPS
+    assert sending > SUBSCRIBER_BITRATE_FLOOR_BPS / r.bridge.bitrate.congested_share, sending
+    slow = aiortc_seams.UpstreamRemb(remote.receiver, lambda: 100_000)
+    await slow.send_now(sorted(aiortc_seams.receiver_media_ssrcs(remote.receiver)))
+    await expert.wait_until(lambda: r.bridge.bitrate_changes, 15)
+    _, reopened_at, estimate = r.bridge.bitrate_changes[0]
+    assert estimate <= SUBSCRIBER_BITRATE_FLOOR_BPS
+    assert reopened_at <= max(estimate, r.bridge.bitrate.min_bps) < 2_000_000
+    await expert.wait_until(lambda: r.headset.stats.pv_connections == connections + 1, 10)
+    assert r.headset.pv_config.bitrate == reopened_at
+
+    # The expert's picture goes on, from the new stream (its frame count
+    # starts again at 0, well below where the old one was).
+    async with asyncio.timeout(30):
+        first_new = frame_code(await remote.track.recv()).frame_id
+        while first_new >= before[0]:
+            first_new = frame_code(await remote.track.recv()).frame_id
+        fresh = [first_new] + [frame_code(await remote.track.recv()).frame_id for _ in range(15)]
+    assert all(b > a for a, b in itertools.pairwise(fresh)), fresh
+    assert len(r.bridge.bitrate_changes) == 1
 
 
 async def map_on_server(r: Rig) -> None:

@@ -16,12 +16,14 @@ import logging
 import random
 import ssl
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import numpy as np
 
 from clients.hololens_bridge import hl2ss_wire as wire
+from clients.hololens_bridge.bitrate import BitrateLadder
 from clients.hololens_bridge.headset import MapUpdate
 from clients.hololens_bridge.headset_scene import HologramSync, UnityQueue
 from clients.hololens_bridge.holograms import overlay_panel_png
@@ -34,10 +36,16 @@ log = logging.getLogger(__name__)
 
 #: Triangles per map block sent to the server (protocol limit: 4000 and 2000 vertices).
 MAP_BLOCK_TRIANGLES = 1000
+#: What the headset sends is measured over this window (seconds): a few
+#: keyframes' worth at hl2ss's one a second.
+SENDING_WINDOW_S = 3.0
 
 
 class HeadsetSource(Protocol):
-    """What the bridge reads: a live headset or a recording."""
+    """What the bridge reads: a live headset or a recording. A source that
+    can change its video bitrate also has `video_bitrate_bps` and
+    `reopen_video(bitrate_bps)`; the bridge then follows the server's
+    bandwidth estimate (clients/hololens_bridge/bitrate.py)."""
 
     unity: UnityQueue | None
 
@@ -118,6 +126,14 @@ class Bridge:
         self._drains: list[asyncio.Task] = []
         self.heard_audio_frames = 0
         self._sent_intrinsics: dict | None = None
+        #: The headset's video bitrate, following the server's REMB, where the
+        #: source can reopen its stream at another one (a replay cannot).
+        reopen = getattr(source, "reopen_video", None)
+        self.bitrate = BitrateLadder(source.video_bitrate_bps) if callable(reopen) else None
+        #: (when, bitrate reopened at, the estimate that asked for it)
+        self.bitrate_changes: list[tuple[float, int, int]] = []
+        #: (when received, bytes) of the headset's recent video frames.
+        self._frame_bytes: deque[tuple[float, int]] = deque()
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -197,6 +213,7 @@ class Bridge:
         assert client.publish_pc is not None
         sender = next(t.sender for t in client.publish_pc.getTransceivers() if t.kind == "video")
         aiortc_seams.watch_sent_rtp(sender, self._on_video_packet)
+        aiortc_seams.watch_remb(sender, self._on_bandwidth_estimate)
         self.sessions += 1
         self.own_peer_ids.add(client.state.peer_id)
         self.connected.set()
@@ -229,6 +246,27 @@ class Bridge:
                 self.heard_audio_frames += 1
                 if self.client is not None:
                     self.client.changed()
+
+    def _on_bandwidth_estimate(self, estimate_bps: int) -> None:
+        """The server's REMB: what the uplink and the slowest expert take."""
+        if self.bitrate is None:
+            return
+        now = time.monotonic()
+        changed = self.bitrate.observe(estimate_bps, self._sending_bps(now), now)
+        if changed is None:
+            return
+        log.info("reopening the headset's video at another bitrate",
+                 extra={"bitrate_bps": changed, "estimate_bps": estimate_bps})
+        self.bitrate_changes.append((now, changed, estimate_bps))
+        self.source.reopen_video(changed)  # type: ignore[attr-defined]
+
+    def _sending_bps(self, now: float) -> float:
+        frames = self._frame_bytes
+        while frames and frames[0][0] < now - SENDING_WINDOW_S:
+            frames.popleft()
+        if not frames:
+            return 0.0
+        return sum(n for _, n in frames) * 8 / max(now - frames[0][0], 1.0)
 
     def _on_data(self, message: dict) -> None:
         if message.get("type") == "overlay":
@@ -265,6 +303,7 @@ class Bridge:
     async def _read_video(self) -> None:
         async for frame in self.source.video():
             self.frames_received += 1
+            self._frame_bytes.append((time.monotonic(), len(frame.annex_b)))
             # A frame the headset could not locate still goes out (dropping it would
             # break H.264's reference chain until the next keyframe), without a pose.
             if frame.T_world_camera is not None:

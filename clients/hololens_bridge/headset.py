@@ -8,6 +8,7 @@ that ends when its connection does; the bridge reconnects.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import struct
 import time
@@ -47,6 +48,23 @@ class Hl2ssHeadset:
         self.map_radius_m = map_radius_m
         self.map_interval_s = map_interval_s
         self.unity = UnityQueue(host, self.ports["unity"])
+        #: The PV stream's connection while open, and whether we closed it to reopen it.
+        self._pv_writer: asyncio.StreamWriter | None = None
+        self._reopening = False
+
+    @property
+    def video_bitrate_bps(self) -> int:
+        """The bitrate the PV stream is (or will be) opened with."""
+        return self.pv.bitrate
+
+    def reopen_video(self, bitrate_bps: int) -> None:
+        """Open the PV stream again, at `bitrate_bps`: hl2ss encodes at the
+        bitrate a stream was opened with. `video()` carries on over the new
+        stream, which starts with a keyframe; the frames in between are lost."""
+        self.pv = dataclasses.replace(self.pv, bitrate=bitrate_bps)
+        if self._pv_writer is not None:
+            self._reopening = True
+            self._pv_writer.close()  # the pending read ends (EOF), video() reopens
 
     async def _open(self, port: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.wait_for(
@@ -85,24 +103,33 @@ class Hl2ssHeadset:
         """PV frames (H.264 access units) with pose and intrinsics, as they arrive."""
         offset = await self.utc_offset()
         await self.start_pv_subsystem()
-        reader, writer = await self._open("pv")
-        try:
-            writer.write(self.pv.encode())
-            await writer.drain()
-            while True:
-                # A headset that walked out of Wi-Fi range sends no FIN: give up
-                # after a silence no live camera has, and reconnect.
-                packet = await asyncio.wait_for(wire.read_packet(reader, with_pose=True),
-                                                STREAM_SILENCE_S)
-                received = time.perf_counter()
-                annex_b, metadata = wire.split_pv_payload(packet.payload)
-                assert packet.pose is not None
-                capture_ms = (None if offset is None
-                              else wire.unix_ms_from_headset(packet.timestamp_100ns, offset))
-                yield wire.PvFrame(packet.timestamp_100ns, annex_b, metadata,
-                                   wire.T_world_camera_from_hl2ss(packet.pose), received, capture_ms)
-        finally:
-            writer.close()
+        while True:
+            reader, writer = await self._open("pv")
+            self._pv_writer, self._reopening = writer, False
+            try:
+                writer.write(self.pv.encode())
+                await writer.drain()
+                while True:
+                    try:
+                        # A headset that walked out of Wi-Fi range sends no FIN: give
+                        # up after a silence no live camera has, and reconnect.
+                        packet = await asyncio.wait_for(wire.read_packet(reader, with_pose=True),
+                                                        STREAM_SILENCE_S)
+                    except (asyncio.IncompleteReadError, ConnectionError):
+                        if self._reopening:
+                            break  # we closed it: open it again, configured anew
+                        raise
+                    received = time.perf_counter()
+                    annex_b, metadata = wire.split_pv_payload(packet.payload)
+                    assert packet.pose is not None
+                    capture_ms = (None if offset is None
+                                  else wire.unix_ms_from_headset(packet.timestamp_100ns, offset))
+                    yield wire.PvFrame(packet.timestamp_100ns, annex_b, metadata,
+                                       wire.T_world_camera_from_hl2ss(packet.pose), received,
+                                       capture_ms)
+            finally:
+                writer.close()
+                self._pv_writer = None
 
     async def audio(self) -> AsyncIterator[np.ndarray]:
         """Microphone PCM, (n, 2) int16 at 48 kHz."""
