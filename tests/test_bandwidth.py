@@ -4,6 +4,7 @@ below the floor that keeps the picture usable for everyone."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import httpx
@@ -74,3 +75,37 @@ async def test_the_crew_hears_the_slowest_experts_estimate_and_never_below_the_f
     await steady.wait_until(lambda: producer.uplink_estimate_bps is not None, 10)
     await steady.wait_until(lambda: any(b > SUBSCRIBER_BITRATE_FLOOR_BPS for b in heard[already:]), 5)
     assert all(c.bitrate_estimate_bps != 100_000 for c in producer.consumers)
+
+
+async def test_an_estimate_on_a_track_the_server_also_decodes_reaches_the_crew(world: World):
+    """The ultrasound probe's producer feeds the experts and the server's own
+    decoder (its model's input), which has no link to estimate: an expert's
+    REMB about the probe still reaches the crew, and the probe's pictures and
+    the model's overlays go on."""
+    from clients.hololens_bridge.simulated import SyntheticUltrasoundTrack
+    probe = SyntheticUltrasoundTrack(size=256, fps=30, seed=19)
+    crew = await world.crew(ultrasound=probe)
+    heard: list[int] = []
+    probe_sender = next(t.sender for t in crew.client.publish_pc.getTransceivers()
+                        if t.sender.track is probe)
+    aiortc_seams.watch_remb(probe_sender, heard.append)
+    expert = await world.expert("doc")
+    await expert.wait_until(lambda: any(t.info.get("source") == "ultrasound" for t in expert.tracks))
+    remote = next(t for t in expert.tracks if t.info.get("source") == "ultrasound")
+    await read_frame_count(remote.track, 3)
+    tap = world.server.app.state.inference.tap(remote.info["producer_id"])
+    assert tap is not None
+
+    feedback = aiortc_seams.UpstreamRemb(remote.receiver, lambda: SUBSCRIBER_BITRATE_FLOOR_BPS)
+    await feedback.send_now(sorted(aiortc_seams.receiver_media_ssrcs(remote.receiver)))
+    await expert.wait_until(lambda: any(b <= SUBSCRIBER_BITRATE_FLOOR_BPS for b in heard), 5)
+
+    decoded = tap.frames_decoded
+    await read_frame_count(remote.track, 15)
+    await expert.wait_until(lambda: tap.frames_decoded >= decoded + 10, 10)
+
+
+async def read_frame_count(track: object, count: int, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        for _ in range(count):
+            await track.recv()  # type: ignore[attr-defined]

@@ -63,11 +63,16 @@ class UltrasoundTap:
     """A subscriber of the ultrasound producer that decodes and runs the model.
 
     It quacks like an SFU Consumer (id, waiting_for_keyframe, wants_keyframe,
-    fast, enter_fast, forward, close), so the producer feeds it like any other
-    subscriber (in Python: it decodes, so the C fan-out has nothing to offer it).
+    fast, enter_fast, forward, close, bitrate_estimate_bps), so the producer
+    feeds it like any other subscriber (in Python: it decodes, so the C
+    fan-out has nothing to offer it).
     """
 
     fast = False
+    #: The server's own decoder has no link to estimate: it never holds the
+    #: publisher's bitrate down (Producer.subscriber_bitrate_cap).
+    bitrate_estimate_bps: int | None = None
+    bitrate_estimate_at = float("-inf")
 
     def enter_fast(self, fast: object, producer_ext: int) -> bool:
         """Never: it decodes what it gets, so it stays on the Python path."""

@@ -340,7 +340,14 @@ class UpstreamRemb:
 
     def wanted_bps(self) -> int | None:
         """What a REMB sent now would say (None: nothing to say yet)."""
-        cap, own = self._cap(), self.own_bps
+        try:
+            cap = self._cap()
+        except Exception:
+            # Called from aiortc's receive path: an error here would end the
+            # publisher's DTLS transport. Its own estimate still goes out.
+            log.exception("the subscribers' bitrate cap failed; sending the uplink's estimate")
+            cap = None
+        own = self.own_bps
         if cap is None or own is None:
             return cap if own is None else own
         return min(own, cap)
@@ -382,7 +389,12 @@ def watch_remb(sender: RTCRtpSender, on_estimate: Callable[[int], None]) -> None
                 pass  # an application-layer feedback message that is not REMB
             else:
                 if sender._ssrc in ssrcs:
-                    on_estimate(bitrate)
+                    try:
+                        on_estimate(bitrate)
+                    except Exception:
+                        # Raised into aiortc's RTCP handling, it would end this
+                        # subscriber's DTLS transport.
+                        log.exception("a REMB handler failed; the REMB is ignored")
         await handle(packet)
 
     sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
