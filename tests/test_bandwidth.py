@@ -103,6 +103,12 @@ async def test_an_estimate_on_a_track_the_server_also_decodes_reaches_the_crew(w
     decoded = tap.frames_decoded
     await read_frame_count(remote.track, 15)
     await expert.wait_until(lambda: tap.frames_decoded >= decoded + 10, 10)
+    # /api/stats lists the decoder among the probe's consumers, as what it is.
+    async with httpx.AsyncClient() as http:
+        stats = (await http.get(f"{world.server.http}/api/stats")).json()
+    consumers = next(p for p in stats if p["producer_id"] == remote.info["producer_id"])["consumers"]
+    assert {c["subscriber_id"] for c in consumers} == {expert.state.peer_id, tap.subscriber_id}
+    assert next(c for c in consumers if c["subscriber_id"] == tap.subscriber_id)["packets_out"] > 0
 
 
 async def read_frame_count(track: object, count: int, timeout: float = 10.0) -> None:

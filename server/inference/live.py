@@ -62,13 +62,17 @@ class LiveResult:
 class UltrasoundTap:
     """A subscriber of the ultrasound producer that decodes and runs the model.
 
-    It quacks like an SFU Consumer (id, waiting_for_keyframe, wants_keyframe,
-    fast, enter_fast, forward, close, bitrate_estimate_bps), so the producer
-    feeds it like any other subscriber (in Python: it decodes, so the C
+    It quacks like an SFU Consumer (id, subscriber_id, waiting_for_keyframe,
+    wants_keyframe, fast, enter_fast, forward, close, bitrate_estimate_bps,
+    packets_out, packets_dropped), so the producer feeds it, and /api/stats
+    lists it, like any other subscriber (in Python: it decodes, so the C
     fan-out has nothing to offer it).
     """
 
     fast = False
+    #: Packets it took are never "dropped" in the SFU's sense (a consumer's
+    #: send that failed); frames it could not keep up with are frames_dropped.
+    packets_dropped = 0
     #: The server's own decoder has no link to estimate: it never holds the
     #: publisher's bitrate down (Producer.subscriber_bitrate_cap).
     bitrate_estimate_bps: int | None = None
@@ -81,6 +85,9 @@ class UltrasoundTap:
     def __init__(self, producer: Producer, model: LoadedModel, runtime: InferenceRuntime,
                  on_result: Callable[[LiveResult], None]) -> None:
         self.id = "inference-" + uuid.uuid4().hex[:8]
+        #: Who it is in /api/stats: the server, running this model.
+        self.subscriber_id = f"server:{model.name}"
+        self.packets_out = 0
         self.waiting_for_keyframe = True
         self.frames_decoded = 0
         self.decode_errors = 0
@@ -134,6 +141,7 @@ class UltrasoundTap:
         only reassembly here; decoding runs on the decoder thread)."""
         if self._closed:
             return
+        self.packets_out += 1
         if self._codec is None or self._codec.payloadType != packet.payload_type:
             self._codec = RTCRtpCodecParameters(mimeType=self._producer.mime_type,
                                                 clockRate=90000,
