@@ -210,12 +210,14 @@ def test_second_expert_sees_the_first_experts_annotation_live(room, open_page, l
     # The drawings' canvas is only as big as what it shows: nothing of the
     # ellipse or its area label may touch its border (it would be cut off
     # there), unless that border is the picture's own edge. (On the page in
-    # front: Chromium draws no frames for hidden ones.)
-    first.wait_for_function("() => window.goldenhour.telestration.overlayBox !== null")
-    edges = first.evaluate("""() => {
+    # front: Chromium draws no frames for hidden ones.) Read in the same turn
+    # as the box is found: a frame whose pose has not come yet has no marks,
+    # and hides the canvas until the next one.
+    edges = first.wait_for_function("""() => {
         const c = document.getElementById('annotations');
         const v = document.getElementById('video');
         const box = window.goldenhour.telestration.overlayBox;
+        if (box === null) return null;
         const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         const inked = (x, y) => px[4 * (y * c.width + x) + 3] > 0;
         let ink = 0, touching = [];
@@ -231,7 +233,7 @@ def test_second_expert_sees_the_first_experts_annotation_live(room, open_page, l
             if (sides.right && inked(c.width - 1, y)) touching.push('right');
         }
         return {ink, touching: [...new Set(touching)], width: box.width};
-    }""")
+    }""").json_value()
     assert edges["ink"] > 500 and edges["touching"] == [], edges
 
     # Undo removes it for everyone; redo puts back exactly what was anchored.
