@@ -79,6 +79,11 @@ class Config:
             values["demo_room"] = env["GOLDENHOUR_DEMO_ROOM"] or None
         values["require_token"] = _env_bool(env, "GOLDENHOUR_REQUIRE_TOKEN", cls.require_token)
         if "GOLDENHOUR_REALTIME_PRIORITY" in env:
-            values["realtime_priority"] = int(env["GOLDENHOUR_REALTIME_PRIORITY"])
+            raw = env["GOLDENHOUR_REALTIME_PRIORITY"]
+            try:
+                values["realtime_priority"] = int(raw)
+            except ValueError:
+                raise ValueError(f"GOLDENHOUR_REALTIME_PRIORITY must be a whole number "
+                                 f"(0 off, 1-99), not {raw!r}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCHED_OTHER, SCHED_FIFO = 0, 1
@@ -91,3 +92,10 @@ def test_a_realtime_priority_out_of_range_is_named_and_nothing_starts():
                           cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "realtime_priority must be 0 (off) or 1-99, not 120" in done.stderr
+
+
+def test_a_realtime_priority_that_is_not_a_number_is_named():
+    from server.config import Config
+    with pytest.raises(ValueError, match="GOLDENHOUR_REALTIME_PRIORITY must be a whole number"):
+        Config.from_env({"GOLDENHOUR_REALTIME_PRIORITY": "high"})
+    assert Config.from_env({"GOLDENHOUR_REALTIME_PRIORITY": "7"}).realtime_priority == 7
