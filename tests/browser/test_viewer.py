@@ -244,3 +244,36 @@ def test_expert_page_shows_the_probe_with_the_models_result_on_its_frames(
     centre = ((xs.mean() + 0.5) / probe.size, (ys.mean() + 0.5) / probe.size)
     assert abs(drawn["u"] - centre[0]) < 0.12 and abs(drawn["v"] - centre[1]) < 0.12, (drawn, centre)
     page.locator("#probe-panel").screenshot(path=str(artifacts / "probe.png"))
+
+
+def test_a_browser_crew_sends_no_more_than_the_slowest_expert_takes(
+        room, open_page, loop_peers, monkeypatch) -> None:
+    """Bandwidth feedback with a stock browser as the crew: an expert whose
+    link takes 150 kbit/s reports so (REMB), the server passes the lowest
+    estimate on, and Chromium's send-side estimate (the ceiling of its
+    encoder) comes down to it. The floor that keeps one slow expert from
+    thinning everyone's picture (400 kbit/s; Chromium then settles there) is
+    lowered for the test, below Chromium's 300 kbit/s start."""
+    from server.sfu import aiortc_seams, producer
+    monkeypatch.setattr(producer, "SUBSCRIBER_BITRATE_FLOOR_BPS", 50_000)
+    crew_page = open_page(room, "crew", name="Paramedic phone", codec="vp8")
+    crew_page.wait_for_function("() => window.goldenhour.publishing")
+    expert = loop_peers.client(room, "expert", "slow expert")
+
+    async def first_frames() -> object:
+        remote = await expert.wait_for_track("video", timeout=10)
+        for _ in range(5):
+            await remote.track.recv()
+        return remote
+
+    remote = loop_peers.run(first_frames())
+    crew_page.wait_for_function("() => window.goldenhour.stats.sendCeilingBps >= 250000")
+
+    # The expert's receiver reports at most 150 kbit/s, now and with every
+    # estimate of its own from here on (as a receiver behind a thin link).
+    feedback = aiortc_seams.UpstreamRemb(remote.receiver, lambda: 150_000)
+    ssrcs = sorted(aiortc_seams.receiver_media_ssrcs(remote.receiver))
+    loop_peers.run(feedback.send_now(ssrcs))
+    crew_page.wait_for_function("() => window.goldenhour.stats.sendCeilingBps <= 160000",
+                                timeout=15_000)
+    assert crew_page.evaluate("() => window.goldenhour.errors") == []

@@ -290,13 +290,18 @@ async function subscribeStats() {
 }
 
 async function publishStats() {
-  const out = { framesEncoded: 0, publishedVideoCodec: null };
+  // sendCeilingBps: the browser's own estimate of what it may send (bits/s),
+  // which follows the server's bandwidth feedback (docs/sfu.md).
+  const out = { framesEncoded: 0, publishedVideoCodec: null, sendCeilingBps: null };
   if (!state.publishPc) return out;
   const report = await state.publishPc.getStats();
   for (const entry of report.values()) {
     if (entry.type === "outbound-rtp" && entry.kind === "video") {
       out.framesEncoded += entry.framesEncoded ?? 0;
       out.publishedVideoCodec = codecOf(report, entry.codecId) ?? out.publishedVideoCodec;
+    }
+    if (entry.type === "candidate-pair" && entry.nominated && entry.availableOutgoingBitrate !== undefined) {
+      out.sendCeilingBps = entry.availableOutgoingBitrate;
     }
   }
   return out;
