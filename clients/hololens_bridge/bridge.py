@@ -258,6 +258,10 @@ class Bridge:
         log.info("reopening the headset's video at another bitrate",
                  extra={"bitrate_bps": changed, "estimate_bps": estimate_bps})
         self.bitrate_changes.append((now, changed, estimate_bps))
+        # What is sent is measured anew on the new stream: the old one's
+        # frames would make the next estimate look short of it, and take
+        # the stream down a second rung a second later.
+        self._frame_bytes.clear()
         self.source.reopen_video(changed)  # type: ignore[attr-defined]
 
     def _sending_bps(self, now: float) -> float:
