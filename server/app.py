@@ -73,7 +73,8 @@ def create_app(config: Config) -> Starlette:
         freeze_startup_heap()
         gc_pauses.install()
         # The lifespan runs on the event loop's thread: the one to schedule.
-        app.state.scheduling = use_realtime_priority(config.realtime_priority)
+        app.state.scheduling = use_realtime_priority(config.realtime_priority,
+                                                      asked=config.realtime_priority_asked)
         try:
             yield
         finally:

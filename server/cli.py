@@ -7,12 +7,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
 
 from server import logs
 from server.config import Config
+from server.scheduling import SERVE_REALTIME_PRIORITY
 
 log = logging.getLogger("goldenhour")
 
@@ -23,10 +25,14 @@ def _serve(args: argparse.Namespace) -> int:
     from server.app import create_app
     from server.tls import ensure_certificate
 
+    # The event loop under SCHED_FIFO unless told otherwise (server/scheduling.py).
+    asked = args.realtime_priority is not None or "GOLDENHOUR_REALTIME_PRIORITY" in os.environ
     try:
         config = Config.from_env(host=args.host, port=args.port, tls=False if args.no_tls else None,
                                  ice_loopback_only=True if args.loopback_only else None,
-                                 realtime_priority=args.realtime_priority)
+                                 realtime_priority=args.realtime_priority if asked
+                                 else SERVE_REALTIME_PRIORITY,
+                                 realtime_priority_asked=asked)
     except ValueError as exc:
         print(f"goldenhour serve: {exc}", file=sys.stderr)
         return 2
@@ -157,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="do not start the simulated crew in the demo room")
     serve.add_argument("--realtime-priority", type=int, default=None, metavar="N",
                        help="run the media event loop under SCHED_FIFO at priority N (1-99; "
-                            "needs CAP_SYS_NICE or RLIMIT_RTPRIO; default 0, normal priority)")
+                            "needs CAP_SYS_NICE or RLIMIT_RTPRIO, and without them the server "
+                            f"serves at normal priority; default {SERVE_REALTIME_PRIORITY}; "
+                            "0: normal priority)")
     serve.add_argument("--loopback-only", action="store_true",
                        help="offer only 127.0.0.1 as ICE candidate")
     serve.set_defaults(func=_serve)

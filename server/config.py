@@ -45,7 +45,14 @@ class Config:
     subscribe_answer_timeout_s: float = 10.0
     #: Run the event loop's thread under SCHED_FIFO at this priority (1-99;
     #: 0: normal scheduling). server/scheduling.py says why and what it costs.
+    #: 0 here (a server inside another program, such as the tests, must not
+    #: change its host's thread); `goldenhour serve` asks for
+    #: SERVE_REALTIME_PRIORITY unless told otherwise.
     realtime_priority: int = 0
+    #: Whether someone asked for `realtime_priority` (flag, environment,
+    #: caller) rather than taking `goldenhour serve`'s default: a refusal of
+    #: what was asked for is a warning, of the default only a note.
+    realtime_priority_asked: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.realtime_priority <= 99:

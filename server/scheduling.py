@@ -1,4 +1,4 @@
-"""Real-time scheduling for the event loop that carries live media (opt-in).
+"""Real-time scheduling for the event loop that carries live media.
 
 The event loop forwards every packet of every stream. On a machine whose
 cores are shared (with inference, with the browsers and processes of a
@@ -6,14 +6,18 @@ demo, or, in the benchmark, with 16 subscribers woken by our own packets),
 a packet waits in the socket until the scheduler gives the loop a core:
 that wait was most of the SFU's forwarding delay at p99 (docs/sfu.md).
 Media servers that must not wait ask for a real-time policy (FreeSWITCH's
-`-rp`, PipeWire through rtkit); `goldenhour serve --realtime-priority N`
-does the same for the event loop's thread alone.
+`-rp`, PipeWire through rtkit); `goldenhour serve` does the same for the
+event loop's thread alone, at SERVE_REALTIME_PRIORITY unless told
+otherwise (`--realtime-priority N`, 0 for normal scheduling).
 
 SCHED_RESET_ON_FORK keeps everything the loop starts at normal priority:
 the threads that run inference and `asyncio.to_thread` work, and child
 processes (the demo crew). Linux caps a real-time policy at 95% of each
 second (kernel.sched_rt_runtime_us), so a loop that spun would still leave
-other work a core's slice.
+other work a core's slice; the other cores it leaves alone.
+
+Where the system refuses (no CAP_SYS_NICE, no RLIMIT_RTPRIO), the server
+says so in its log and in /healthz and serves at normal priority.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ import os
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
+
+#: What `goldenhour serve` asks for unless told otherwise: above every
+#: normal-priority process, below the kernel's own real-time threads (its
+#: interrupt threads run at 50) and the audio servers that use rtkit (up
+#: to 20 there, 88 for PipeWire's data thread).
+SERVE_REALTIME_PRIORITY = 10
 
 
 @dataclass(frozen=True)
@@ -36,12 +46,14 @@ class Scheduling:
     refused: str | None = None
 
 
-def use_realtime_priority(priority: int) -> Scheduling:
+def use_realtime_priority(priority: int, asked: bool = True) -> Scheduling:
     """Put the calling thread under SCHED_FIFO at `priority` (1-99), its
     children (threads and processes) back to normal; 0 asks for nothing.
 
     Never raises for a refusal: without CAP_SYS_NICE or an RLIMIT_RTPRIO of
-    at least `priority`, it logs why and the server runs at normal priority.
+    at least `priority`, it logs why (a warning if someone `asked` for this
+    priority, a note if it is only the default) and the server runs at
+    normal priority.
     """
     if priority == 0:
         return Scheduling("normal")
@@ -54,7 +66,8 @@ def use_realtime_priority(priority: int) -> Scheduling:
     except PermissionError:
         refused = (f"SCHED_FIFO {priority} refused: needs CAP_SYS_NICE or an RLIMIT_RTPRIO "
                    f"of at least {priority} (for example LimitRTPRIO= in a systemd unit)")
-        log.warning("the event loop runs at normal priority", extra={"reason": refused})
+        (log.warning if asked else log.info)("the event loop runs at normal priority",
+                                             extra={"reason": refused})
         return Scheduling("normal", 0, refused)
     log.info("the event loop runs under SCHED_FIFO", extra={"priority": priority})
     return Scheduling("fifo", priority)

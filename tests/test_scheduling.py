@@ -1,10 +1,12 @@
 """`goldenhour serve --realtime-priority N`: the event loop's thread alone
-under SCHED_FIFO, everything it starts at normal priority, and a clear
-word when the system refuses (server/scheduling.py)."""
+under SCHED_FIFO (by default at SERVE_REALTIME_PRIORITY), everything it
+starts at normal priority, and a clear word when the system refuses
+(server/scheduling.py). CI runs as root, which may use SCHED_FIFO."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from server.scheduling import SERVE_REALTIME_PRIORITY
 
 REPO = Path(__file__).resolve().parent.parent
 SCHED_OTHER, SCHED_FIFO = 0, 1
@@ -85,6 +89,33 @@ def test_a_refused_realtime_priority_is_reported_and_the_server_serves_at_normal
     assert health["scheduling"]["policy"] == "normal"
     assert "CAP_SYS_NICE" in health["scheduling"]["refused"]
     assert set(threads.values()) == {(SCHED_OTHER, 0)}
+
+
+def test_goldenhour_serve_asks_for_sched_fifo_unless_told_0():
+    with _serving() as (process, url):
+        by_default = httpx.get(f"{url}/healthz").json()["scheduling"]
+        loop_thread = _threads(process.pid)[process.pid]
+    with _serving("--realtime-priority", "0") as (process, url):
+        told_0 = httpx.get(f"{url}/healthz").json()["scheduling"]
+        normal_threads = _threads(process.pid)
+    assert by_default == {"policy": "fifo", "priority": SERVE_REALTIME_PRIORITY, "refused": None}
+    assert loop_thread == (SCHED_FIFO, SERVE_REALTIME_PRIORITY)
+    assert told_0 == {"policy": "normal", "priority": 0, "refused": None}
+    assert set(normal_threads.values()) == {(SCHED_OTHER, 0)}
+
+
+def test_a_refused_default_priority_is_a_note_and_an_asked_for_one_a_warning():
+    no_sys_nice = ("setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice")
+    levels = {}
+    for extra in ((), ("--realtime-priority", "3")):
+        with _serving(*extra, prefix=no_sys_nice) as (process, url):
+            refused = httpx.get(f"{url}/healthz").json()["scheduling"]["refused"]
+        assert "CAP_SYS_NICE" in refused
+        lines = [json.loads(line) for line in process.stderr.read().splitlines()
+                 if line.startswith("{")]
+        [levels[extra]] = [line["level"] for line in lines
+                           if line["msg"] == "the event loop runs at normal priority"]
+    assert levels == {(): "info", ("--realtime-priority", "3"): "warning"}
 
 
 def test_a_realtime_priority_out_of_range_is_named_and_nothing_starts():
