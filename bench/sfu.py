@@ -48,11 +48,15 @@ What can bias the figures (points where it does are flagged in the output):
 - Subscribers send no REMB (bench/receiver_seams.py says why); the encoders
   are pinned to one bitrate anyway.
 - "+direct" compares percentiles of runs made one after another.
-- goldenhour-realtime is the same server run with `--realtime-priority 10`
-  (its event loop under SCHED_FIFO, server/scheduling.py; needs root or
-  CAP_SYS_NICE, and the point fails if refused): the subscribers it wakes
-  can no longer take its core. Every other process, the other servers
-  included, runs at normal priority.
+- Every GoldenHour server runs as `goldenhour serve` does by default: its
+  event loop under SCHED_FIFO at priority 10 (server/scheduling.py) where
+  the system allows it (root, CAP_SYS_NICE), so that the subscribers it
+  wakes cannot take its core; the report says, for each system, what the
+  server got. goldenhour-normal-priority is the same server with
+  `--realtime-priority 0`, at the load generator's priority; until
+  2026-11-26 20:40 the default was normal priority and the real-time server
+  was the system goldenhour-realtime. Every other process runs at normal
+  priority.
 - Forwarding delay is what the SFU measures itself, from a datagram's arrival
   at the server's socket (its kernel receive timestamp) to each copy handed
   to the kernel ('fwd', the goal's figure) and to its last copy ('last
@@ -95,22 +99,24 @@ REPO = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 REPLY_PREFIX = "@@"
 
-SYSTEMS = ("direct", "goldenhour", "goldenhour-realtime", "goldenhour-python",
+SYSTEMS = ("direct", "goldenhour", "goldenhour-normal-priority", "goldenhour-python",
            "goldenhour-after-receiver", "relay")
 #: What a run measures unless told (--systems).
-DEFAULT_SYSTEMS = ("direct", "goldenhour", "goldenhour-realtime", "goldenhour-python", "relay")
+DEFAULT_SYSTEMS = ("direct", "goldenhour", "goldenhour-normal-priority", "goldenhour-python",
+                   "relay")
 #: The servers measured (the direct call is the reference for each N).
-SERVER_SYSTEMS = ("goldenhour", "goldenhour-realtime", "goldenhour-python",
+SERVER_SYSTEMS = ("goldenhour", "goldenhour-normal-priority", "goldenhour-python",
                   "goldenhour-after-receiver", "relay")
 SYSTEM_LABELS = {"goldenhour": "GoldenHour SFU",
-                 "goldenhour-realtime": "GoldenHour, --realtime-priority",
+                 "goldenhour-normal-priority": "GoldenHour, normal priority",
                  "goldenhour-python": "GoldenHour, Python fan-out",
                  "goldenhour-after-receiver": "GoldenHour, forwarding after aiortc's receiver",
                  "relay": "aiortc MediaRelay", "direct": "direct call"}
 #: Extra arguments of each server: the same GoldenHour server with its event
-#: loop under SCHED_FIFO (as a deployment that shares its cores would run it;
-#: server/scheduling.py), next to the one at the load generator's priority.
-SERVER_ARGS = {"goldenhour-realtime": ["--realtime-priority", "10"]}
+#: loop at normal priority (the load generator's), next to the one as
+#: `goldenhour serve` runs by default (SCHED_FIFO where allowed;
+#: server/scheduling.py).
+SERVER_ARGS = {"goldenhour-normal-priority": ["--realtime-priority", "0"]}
 #: Extra environment of each server: the same GoldenHour server with its C
 #: fan-out loop turned off is the baseline of that loop, in the same run.
 SERVER_ENV = {"goldenhour-python": {"GOLDENHOUR_FANOUT": "python"},
@@ -383,11 +389,8 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
             if server is not None:
                 await server.start()
                 await _wait_healthy(server, f"{http_url}/healthz")
-            if system in SERVER_ARGS:
-                scheduling = (await http_get_json(f"{http_url}/healthz"))["scheduling"]
-                point["server_scheduling"] = scheduling
-                if scheduling["refused"]:
-                    raise RuntimeError(f"{system}: {scheduling['refused']}")
+            if system.startswith("goldenhour"):
+                point["server_scheduling"] = (await http_get_json(f"{http_url}/healthz"))["scheduling"]
 
         # Python, aiortc and PyAV take seconds to import on a busy machine:
         # start every process at once; media starts only when all are up.
@@ -550,7 +553,8 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def summarise(point: dict, settings: Settings) -> dict:
     """Latency, loss, CPU and load-generator warnings from one point's raw figures."""
-    out = {k: point[k] for k in ("system", "n", "setup_s", "teardown_s") if k in point}
+    out = {k: point[k] for k in ("system", "n", "setup_s", "teardown_s", "server_scheduling")
+           if k in point}
     out["subscribers"] = 1 if point["system"] == "direct" else point["n"]
     if "error" in point:
         out["error"] = point["error"]
@@ -1219,6 +1223,23 @@ def _generator_summary(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _scheduling_summary(rows: list[dict]) -> list[str]:
+    """How each GoldenHour server's event loop was scheduled (its /healthz)."""
+    lines = ["Event loop scheduling (the server's /healthz):"]
+    for system in SERVER_SYSTEMS:
+        seen = {_describe_scheduling(r["server_scheduling"]) for r in rows
+                if r["system"] == system and r.get("server_scheduling")}
+        if seen:
+            lines.append(f"  {SYSTEM_LABELS[system]}: {'; '.join(sorted(seen))}")
+    return lines if len(lines) > 1 else []
+
+
+def _describe_scheduling(scheduling: dict) -> str:
+    if scheduling["policy"] == "fifo":
+        return f"SCHED_FIFO, priority {scheduling['priority']}"
+    return "normal" + (f" ({scheduling['refused']})" if scheduling.get("refused") else "")
+
+
 def report(result: dict, settings: dict) -> str:
     rows = result["rows"]
     s = settings
@@ -1238,6 +1259,7 @@ def report(result: dict, settings: dict) -> str:
         "",
         goals_table(result["verdicts"]),
     ]
+    text += ["", *_scheduling_summary(rows)]
     warnings = [(r, w) for r in rows for w in r.get("warnings", [])]
     if warnings:
         text += ["", "Where the figures are not the system's alone:"]
