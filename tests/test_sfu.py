@@ -319,6 +319,14 @@ async def test_packet_loss_to_one_subscriber_is_repaired_by_retransmission(world
     assert len(retransmitted) >= len(dropped) - 1
     # With the C loop, the retransmitted packets came from its history.
     assert fast_consumers(world) == (4 if fanout == "c" else 0)
+    # /api/stats counts them for the lossy expert's video alone.
+    async with httpx.AsyncClient() as http:
+        stats = (await http.get(f"{world.server.http}/api/stats")).json()
+    counted = {(p["kind"], c["subscriber_id"]): c["packets_retransmitted"]
+               for p in stats for c in p["consumers"]}
+    assert counted[("video", lossy.state.peer_id)] >= len(retransmitted)
+    assert counted[("video", clean.state.peer_id)] == 0
+    assert counted[("audio", lossy.state.peer_id)] == 0
     for codes in (lossy_codes, clean_codes):
         ids = [c.frame_id for c in codes]
         assert max(b - a for a, b in zip(ids, ids[1:])) == 1, ids

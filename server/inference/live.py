@@ -73,6 +73,8 @@ class UltrasoundTap:
     #: Packets it took are never "dropped" in the SFU's sense (a consumer's
     #: send that failed); frames it could not keep up with are frames_dropped.
     packets_dropped = 0
+    #: Nothing here NACKs.
+    packets_retransmitted = 0
     #: The server's own decoder has no link to estimate: it never holds the
     #: publisher's bitrate down (Producer.subscriber_bitrate_cap).
     bitrate_estimate_bps: int | None = None

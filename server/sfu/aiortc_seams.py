@@ -511,6 +511,8 @@ class RtpInjector:
         self._remote_addr: Any = None
         self._packets = 0
         self._octets = 0
+        #: Packets sent again because this subscriber NACKed them.
+        self.retransmitted = 0
         self._on_keyframe_request: Callable[[], None] = _nothing
         self._on_ready: Callable[[], None] = _nothing
         self._on_bitrate_estimate: Callable[[int], None] = _ignore_estimate
@@ -549,6 +551,7 @@ class RtpInjector:
                     return
             packet = RtpPacket.parse(data, self._extensions_map)
             self._aiortc_history[sequence_number % RTP_HISTORY_SIZE] = packet
+            self.retransmitted += 1
             await original_retransmit(sequence_number)
 
         sender.send = send  # type: ignore[method-assign]

@@ -39,6 +39,8 @@ class Consumer:
         self.keyframe_requests = 0
         self.last_keyframe_request_at = -1.0
         self._injector = injector
+        # The injector outlives consumers (a reused m-line): count from here.
+        self._retransmitted_base = injector.retransmitted
         #: Added to the producer's RTP timestamps: 0 unless this consumer took
         #: over a transceiver, whose timestamps must then keep moving forward
         #: (announced to the subscriber as the track's rtp_timestamp_offset).
@@ -60,6 +62,11 @@ class Consumer:
         producer.add_consumer(self)
         injector.attach(self._on_subscriber_keyframe_request, self._on_ready,
                         self._on_subscriber_bitrate_estimate)
+
+    @property
+    def packets_retransmitted(self) -> int:
+        """Packets sent again because the subscriber NACKed them."""
+        return self._injector.retransmitted - self._retransmitted_base
 
     @property
     def wants_keyframe(self) -> bool:

@@ -69,6 +69,7 @@ class Router:
                 "consumers": [{"consumer_id": c.id, "subscriber_id": c.subscriber_id,
                                "packets_out": c.packets_out,
                                "packets_dropped": c.packets_dropped,
+                               "packets_retransmitted": c.packets_retransmitted,
                                "waiting_for_keyframe": c.waiting_for_keyframe,
                                "c_loop": c.fast,
                                "remb_bps": c.bitrate_estimate_bps}
