@@ -666,6 +666,12 @@ def summarise(point: dict, settings: Settings) -> dict:
                 fwd = video[0].get(key)
                 if fwd is not None:
                     out[key] = {"p50": fwd["p50"], "p99": fwd["p99"], "n": fwd["n"]}
+            # Over the whole point, warm-up included: copies sent, and sent
+            # again for a subscriber's NACK (its loss on this machine).
+            consumers = video[0].get("consumers", [])
+            out["video_copies"] = {
+                "sent": sum(c["packets_out"] for c in consumers),
+                "retransmitted": sum(c.get("packets_retransmitted", 0) for c in consumers)}
     out["cpu"] = point["cpu"]
     out["server_cpu_cores"] = point["cpu"]["server_cores"]
     out["load_generator"] = _generator_cost(point["cpu"], out["subscribers"])
