@@ -99,6 +99,17 @@ def test_loopback_ice_offers_127_0_0_1_and_can_offer_nothing_else():
         aiortc_seams.use_loopback_ice(True, only=True)  # what the test suite runs with
 
 
+def test_ice_can_offer_exactly_the_addresses_given():
+    """The benchmark's Janus peers offer the address of an interface of
+    their own (Janus never gathers on loopback)."""
+    try:
+        aiortc_seams.use_ice_host_addresses(["10.77.0.1", "fd00::1"])
+        assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False) == ["10.77.0.1"]
+        assert aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=True) == ["10.77.0.1", "fd00::1"]
+    finally:
+        aiortc_seams.use_loopback_ice(True, only=True)  # what the test suite runs with
+
+
 def _encoded(mime_type: str, force_keyframe: bool, frames_before: int = 0) -> list[bytes]:
     encoder = get_encoder(RTCRtpCodecParameters(
         mimeType=mime_type, clockRate=90000, payloadType=96,

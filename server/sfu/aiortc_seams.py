@@ -71,6 +71,15 @@ def use_loopback_ice(enabled: bool, only: bool = False) -> None:
     aioice.ice.get_host_addresses = get_host_addresses
 
 
+def use_ice_host_addresses(addresses: list[str]) -> None:
+    """Make aioice offer exactly `addresses` as host candidates (the
+    benchmark's peers of a server that will not use loopback)."""
+    def get_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return [a for a in addresses if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
+
+    aioice.ice.get_host_addresses = get_host_addresses
+
+
 # --- receiver side: packets out before the jitter buffer ---------------------
 
 class _PacketTap:
