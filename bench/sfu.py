@@ -1,12 +1,14 @@
-"""SFU benchmark: GoldenHour's encoded pass-through against aiortc's decode/re-encode relay
-and a direct call, with one 720p crew camera and N remote experts.
+"""SFU benchmark: GoldenHour's encoded pass-through against aiortc's decode/re-encode relay,
+a C SFU (Janus's videoroom, where Debian's `janus` is installed) and a direct call, with one
+720p crew camera and N remote experts.
 
     python bench/sfu.py                      # 30 s per point, N = 1, 4, 16 (the lead's run)
     python bench/sfu.py --quick              # a few seconds, N = 1, 4 (development)
     python bench/sfu.py --seconds 5 --subscribers 1,4,16 --systems goldenhour,direct
 
 Every system runs as its own process so that its CPU is its own: the GoldenHour
-server (`python -m server.cli serve`), the baseline (bench/relay_server.py), the
+server (`python -m server.cli serve`), the baselines (bench/relay_server.py; `janus`
+as installed, configured by bench/janus_baseline.py, at normal priority), the
 publisher and the subscribers (bench/sfu_peers.py). The publisher is the
 synthetic headset camera (frame counter painted into every frame). A headset
 encodes in hardware, so by default it sends a clip of that camera encoded once
@@ -91,6 +93,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import janus_baseline
 import psutil
 from vp8_clip import load_or_encode
 
@@ -100,17 +103,18 @@ RESULTS_DIR = BENCH_DIR / "results"
 REPLY_PREFIX = "@@"
 
 SYSTEMS = ("direct", "goldenhour", "goldenhour-normal-priority", "goldenhour-python",
-           "goldenhour-after-receiver", "relay")
+           "goldenhour-after-receiver", "janus", "relay")
 #: What a run measures unless told (--systems).
 DEFAULT_SYSTEMS = ("direct", "goldenhour", "goldenhour-normal-priority", "goldenhour-python",
-                   "relay")
+                   "janus", "relay")
 #: The servers measured (the direct call is the reference for each N).
 SERVER_SYSTEMS = ("goldenhour", "goldenhour-normal-priority", "goldenhour-python",
-                  "goldenhour-after-receiver", "relay")
+                  "goldenhour-after-receiver", "janus", "relay")
 SYSTEM_LABELS = {"goldenhour": "GoldenHour SFU",
                  "goldenhour-normal-priority": "GoldenHour, normal priority",
                  "goldenhour-python": "GoldenHour, Python fan-out",
                  "goldenhour-after-receiver": "GoldenHour, forwarding after aiortc's receiver",
+                 "janus": "Janus videoroom (C)",
                  "relay": "aiortc MediaRelay", "direct": "direct call"}
 #: Extra arguments of each server: the same GoldenHour server with its event
 #: loop at normal priority (the load generator's), next to the one as
@@ -361,6 +365,11 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
                 argv = [python, "-m", "server.cli", "--log-level", "WARNING", "serve",
                         "--no-tls", "--no-demo-crew", "--loopback-only", "--port", str(port),
                         *SERVER_ARGS.get(system, [])]
+            elif system == "janus":
+                janus_baseline.prepare_network()
+                config = janus_baseline.write_config(log_dir / f"{tag}-janus-config", port)
+                argv = ["janus", "--configs-folder", str(config.parent), "--config", str(config),
+                        "--disable-colors"]
             else:
                 argv = [python, str(BENCH_DIR / "relay_server.py"), "--port", str(port),
                         "--bitrate", str(settings.bitrate_bps)]
@@ -370,7 +379,9 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
                 argv = ["nice", "-n", str(settings.server_nice)] + argv
             server = child("server", argv, control=False, env=SERVER_ENV.get(system))
             http_url = f"http://127.0.0.1:{port}"
-            media_url = f"ws://127.0.0.1:{port}/ws" if system.startswith("goldenhour") else http_url
+            media_url = (f"ws://127.0.0.1:{port}/ws" if system.startswith("goldenhour") else
+                         f"{http_url}/janus" if system == "janus" else http_url)
+            health_url = f"{http_url}/janus/info" if system == "janus" else f"{http_url}/healthz"
         # The peers speak GoldenHour's protocol to either GoldenHour server.
         peer_system = "goldenhour" if system.startswith("goldenhour") else system
 
@@ -388,7 +399,7 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
         async def start_server() -> None:
             if server is not None:
                 await server.start()
-                await _wait_healthy(server, f"{http_url}/healthz")
+                await _wait_healthy(server, health_url)
             if system.startswith("goldenhour"):
                 point["server_scheduling"] = (await http_get_json(f"{http_url}/healthz"))["scheduling"]
 
@@ -583,6 +594,8 @@ def summarise(point: dict, settings: Settings) -> dict:
     unreadable = 0
     for sub in point["subscribers"]:
         rtp = sub["rtp"]
+        if point["system"] in REWRITES_RTP_TIMESTAMPS:
+            rtp = _undo_timestamp_offset(rtp, sent)
         queued_ms.extend(1000 * (h - c) for c, h in zip(rtp["complete_s"], rtp.get("complete_handed_s", []))
                          if c is not None and h is not None)
         completed = [c for c in rtp["complete_s"] if c is not None]
@@ -691,6 +704,44 @@ def summarise(point: dict, settings: Settings) -> dict:
     #: The machine or the load generator, not the system, set this point's figures.
     out["load_bound"] = bool(load_warnings) or bool(point.get("aborted"))
     return out
+
+
+#: Servers that shift each subscriber's RTP timestamps by a constant of their
+#: own: Janus's switching context starts every subscriber's stream near 0.
+REWRITES_RTP_TIMESTAMPS = {"janus"}
+
+
+def _undo_timestamp_offset(rtp: dict, sent: dict) -> dict:
+    """`rtp` (a subscriber's frames) with the publisher's RTP timestamps back.
+
+    The shift is one constant per subscriber. Candidates: a mid-stream frame
+    of this subscriber against each frame the publisher sent in the second
+    before it was complete. The one that maps the most of the subscriber's
+    frames onto sent frames, at a latency between 0 and 1 s, wins, the
+    smallest median latency breaking ties (a shift of one frame more gives
+    the same count at a frame interval more, or a negative latency)."""
+    capture = dict(zip(sent["rtp_ts"], sent["capture_s"]))
+    frames = [(ts, c) for ts, c in zip(rtp["rtp_ts"], rtp["complete_s"]) if c is not None]
+    if not frames or not capture:
+        return rtp
+    sample = frames[::max(1, len(frames) // 300)]
+    probe_ts, probe_complete = frames[len(frames) // 2]
+    best: tuple[int, float, int] | None = None
+    for ts, captured in capture.items():
+        if not 0 <= probe_complete - captured <= 1.0:
+            continue
+        offset = (probe_ts - ts) % (1 << 32)
+        latencies = sorted(c - capture[(t - offset) % (1 << 32)] for t, c in sample
+                           if (t - offset) % (1 << 32) in capture)
+        latencies = [x for x in latencies if 0 <= x <= 1.0]
+        if latencies:
+            key = (len(latencies), -latencies[len(latencies) // 2], offset)
+            if best is None or key[:2] > best[:2]:
+                best = key
+    if best is None:
+        return rtp
+    offset = best[2]
+    return {**rtp, "rtp_ts": [(t - offset) % (1 << 32) for t in rtp["rtp_ts"]]}
 
 
 def _painted_to_frame_id(captured: dict, clip_index: list[int] | None):
@@ -1074,6 +1125,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.subscribers = "1,4" if args.quick else "1,4,16"
     args.n_values = sorted({int(v) for v in args.subscribers.split(",") if v.strip()})
     args.system_list = [s.strip() for s in args.systems.split(",") if s.strip()]
+    reason = janus_baseline.unusable_because() if "janus" in args.system_list else None
+    if reason is not None:
+        if args.systems != parser.get_default("systems"):
+            parser.error(f"--systems janus: {reason}")
+        print(f"{reason}: its baseline is left out.")
+        args.system_list.remove("janus")
     unknown = set(args.system_list) - set(SYSTEMS)
     if unknown or not args.n_values or min(args.n_values) < 1:
         parser.error(f"bad --systems {sorted(unknown)} or --subscribers {args.subscribers!r}")
@@ -1153,6 +1210,10 @@ def _legend(s: dict) -> list[str]:
                 "SFU passes through unchanged; pooled over all N subscribers. A frame "
                 f"captured in the window and not complete {drain} after it ends counts as "
                 "lost and ranks last ('lost')."),
+        ("Janus", "Debian's janus (1.1.2) videoroom plugin, configured by "
+                  "bench/janus_baseline.py, at normal priority (compare its latency with GoldenHour's normal-priority "
+                  "server). It starts each subscriber's RTP timestamps near 0; the constant is "
+                  "found per subscriber and undone before the join with the publisher's log."),
         ("(a)", "the relay re-encodes, so its RTP timestamps are its own encoders': its "
                 "network-level g2g is not joinable with the publisher's frames. For the relay "
                 "'+direct' and 'lost' are the decoding subscriber's (marked 'dec'), and 'sub "
@@ -1211,7 +1272,7 @@ def _generator_summary(rows: list[dict]) -> list[str]:
                  for r, c in zip(full, cost) if c["rtp_only_subscribers"]])
     if fit is not None:
         parts.append(f"{100 * fit:.1f}% per added one")
-    lines = ["Load generator (direct and GoldenHour points): " + ", ".join(parts) + "."]
+    lines = ["Load generator (points with a full stream): " + ", ".join(parts) + "."]
     queues = [f"{_label(r['system'], r['n'])} {r['subscriber_queue_ms']['p50']:.1f}/"
               f"{r['subscriber_queue_ms']['p95']:.1f}" for r in full if r.get("subscriber_queue_ms")]
     if queues:

@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable
 
 import av
 import numpy as np
+import receiver_seams
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -56,7 +57,8 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
-import receiver_seams
+from janus_baseline import JANUS_ADDRESS, JanusSession
+from janus_baseline import ROOM as JANUS_ROOM
 from receiver_seams import stop_remb, watch_received_rtp
 from sender_seams import on_keyframe_request, pin_vp8_bitrate
 from vp8_clip import Vp8Clip, load_or_encode
@@ -220,6 +222,7 @@ class Publisher:
         self.sent = SentFrameLog(self.camera)
         self._client: GoldenHourClient | None = None
         self._pc: RTCPeerConnection | None = None
+        self._janus: JanusSession | None = None
 
     async def handle(self, cmd: dict) -> dict:
         op = cmd["op"]
@@ -228,6 +231,8 @@ class Publisher:
                 await self._start_goldenhour(cmd["url"])
             elif cmd["system"] == "relay":
                 await self._start_relay(cmd["url"])
+            elif cmd["system"] == "janus":
+                await self._start_janus(cmd["url"])
             else:
                 raise ValueError(f"no system {cmd['system']!r}")
             await self._wait_sending()
@@ -273,6 +278,23 @@ class Publisher:
         self._watch_sender()
         answer = await post_json(f"{url}/publish", {"sdp": pc.localDescription.sdp,
                                                     "type": "offer"})
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+
+    async def _start_janus(self, url: str) -> None:
+        aiortc_seams.use_ice_host_addresses([JANUS_ADDRESS])
+        session = self._janus = JanusSession(url)
+        await session.open()
+        handle = await session.attach()
+        await session.message(handle, {"request": "join", "ptype": "publisher", "room": JANUS_ROOM,
+                                       "display": "bench publisher"})
+        pc = self._pc = RTCPeerConnection(rtc_configuration())
+        prefer_vp8(pc.addTransceiver(self.camera, direction="sendonly"))
+        await pc.setLocalDescription(await pc.createOffer())
+        self._watch_sender()
+        configured = await session.message(
+            handle, {"request": "publish", "audio": False, "video": True, "data": False},
+            jsep={"type": "offer", "sdp": pc.localDescription.sdp})
+        answer = configured["jsep"]
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
 
     async def _wait_sending(self) -> None:
@@ -322,6 +344,8 @@ class Publisher:
             await self._client.close()
         elif self._pc is not None:
             await self._pc.close()
+        if self._janus is not None:
+            await self._janus.close()
 
 
 # --- subscribers ----------------------------------------------------------------
@@ -512,6 +536,43 @@ async def join_goldenhour(url: str, name: str, decode: bool) -> Subscriber:
     return subscriber
 
 
+async def join_janus(url: str, name: str, decode: bool) -> Subscriber:
+    aiortc_seams.use_ice_host_addresses([JANUS_ADDRESS])
+    subscriber = Subscriber(name, decode)
+    session = JanusSession(url)
+    pc: RTCPeerConnection | None = None
+    try:
+        await session.open()
+        handle = await session.attach()
+        listed = await session.request(handle, {"request": "listparticipants", "room": JANUS_ROOM})
+        feeds = [p["id"] for p in listed.get("participants", []) if p.get("publisher")]
+        if not feeds:
+            raise RuntimeError("janus: the room has no publisher yet")
+        attached = await session.message(handle, {"request": "join", "ptype": "subscriber",
+                                                  "room": JANUS_ROOM,
+                                                  "streams": [{"feed": feeds[0]}]})
+        offer = attached["jsep"]
+        pc = RTCPeerConnection(rtc_configuration())
+        await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], offer["type"]))
+        receiver = next(t.receiver for t in pc.getTransceivers() if t.kind == "video")
+        subscriber.attach(receiver)
+        await pc.setLocalDescription(await pc.createAnswer())
+        await session.message(handle, {"request": "start"},
+                              jsep={"type": "answer", "sdp": pc.localDescription.sdp})
+    except BaseException:
+        if pc is not None:
+            await pc.close()
+        await session.close()
+        raise
+    opened = pc
+
+    async def close() -> None:
+        await opened.close()
+        await session.close()
+    subscriber.start_reading(receiver.track, close)
+    return subscriber
+
+
 async def join_relay(url: str, name: str, decode: bool) -> Subscriber:
     subscriber = Subscriber(name, decode)
     pc = RTCPeerConnection(rtc_configuration())
@@ -530,7 +591,7 @@ async def join_relay(url: str, name: str, decode: bool) -> Subscriber:
         raise
 
 
-JOINS = {"goldenhour": join_goldenhour, "relay": join_relay}
+JOINS = {"goldenhour": join_goldenhour, "relay": join_relay, "janus": join_janus}
 
 
 class SubscriberHost:
