@@ -25,22 +25,27 @@ publisher or subscriber.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import json
+import logging
 import os
 import random
 import shutil
 import socket
 import string
 import subprocess
+import threading
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+
+log = logging.getLogger("bench.janus")
 
 #: The address Janus and its peers use (a veth end in the benchmark's namespace).
 JANUS_ADDRESS = "10.77.0.1"
 INTERFACE = "ghbench0"
 ROOM = 1234
-PLUGIN_DIR = Path("/usr/lib/x86_64-linux-gnu/janus")
+#: Debian's multiarch directory for Janus's plugins and transports.
+PLUGIN_DIR = next(Path("/usr/lib").glob("*/janus/plugins"), Path("/usr/lib/janus/plugins")).parent
 
 _DISABLED_PLUGINS = ("audiobridge", "duktape", "echotest", "lua", "nosip", "recordplay", "sip",
                      "streaming", "textroom", "videocall", "voicemail")
@@ -49,7 +54,7 @@ _DISABLED_TRANSPORTS = ("mqtt", "nanomsg", "pfunix", "rabbitmq", "websockets")
 
 def unusable_because() -> str | None:
     """Why Janus cannot be measured here, or None if it can."""
-    if shutil.which("janus") is None:
+    if shutil.which("janus") is None or not (PLUGIN_DIR / "plugins").is_dir():
         return "Janus is not installed (apt-get install janus)"
     others = {name for _, name in socket.if_nameindex()} - {"lo", INTERFACE, INTERFACE + "p"}
     if others:
@@ -81,6 +86,12 @@ def prepare_network() -> None:
                                "benchmark as root inside `unshare -n` (see bench/sfu.py)")
 
 
+def remove_network() -> None:
+    """Take prepare_network's interfaces away again (deleting one end of a
+    veth pair deletes both); nothing if there are none."""
+    subprocess.run(["ip", "link", "del", INTERFACE], capture_output=True, check=False)
+
+
 def write_config(folder: Path, http_port: int, event_loops: int | None = None) -> Path:
     """Janus's configuration for the benchmark: the videoroom plugin and the
     HTTP transport on loopback, ICE on INTERFACE only. Returns janus.jcfg.
@@ -89,8 +100,9 @@ def write_config(folder: Path, http_port: int, event_loops: int | None = None) -
     by default Janus gives every handle a thread of its own, and each copy of
     a packet is handed from the publisher's thread to the subscriber's. At
     N=16 on this 2-core machine that cost 26.6% of a core against 15.7%
-    with two shared loops and 14.8% with one (10 s runs, 2026-11-26 21:20):
-    the baseline is Janus at its best here, not at its default."""
+    with two shared loops and 14.8% with one (10 s runs, 2026-11-26 21:15,
+    the same within their noise): the baseline is Janus as advised for many
+    handles, not at its default."""
     if event_loops is None:
         event_loops = os.cpu_count() or 1
     folder.mkdir(parents=True, exist_ok=True)
@@ -162,10 +174,35 @@ def _http(url: str, body: dict | None, timeout_s: float) -> dict:
         return json.loads(response.read())
 
 
-#: Threads for the blocking HTTP calls: each session's long poll holds one for
-#: up to 30 s, so asyncio's default pool (6 threads on 2 cores) would leave
-#: 8 subscribers in a process waiting on each other's polls.
-_HTTP = concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="janus-http")
+def _in_thread(call: Callable[..., dict], *args: object) -> asyncio.Future[dict]:
+    """Run a blocking HTTP call in a daemon thread of its own.
+
+    Each session's long poll blocks for up to 30 s and Janus does not end it
+    when the session is destroyed: in a pool (asyncio's has 6 threads here)
+    16 subscribers' polls starved each other's requests, and the pool's
+    threads are joined at exit, which held every process 8 s at teardown."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[dict] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = call(*args)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(_settle, future, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+
+    threading.Thread(target=run, name="janus-http", daemon=True).start()
+    return future
+
+
+def _settle(future: asyncio.Future[dict], result: dict | None, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
 
 
 class JanusError(RuntimeError):
@@ -218,7 +255,7 @@ class JanusSession:
 
     async def _post(self, url: str, body: dict, transaction: str | None = None) -> dict:
         body = {**body, "transaction": transaction or _transaction()}
-        reply = await asyncio.get_running_loop().run_in_executor(_HTTP, _http, url, body, 10.0)
+        reply = await _in_thread(_http, url, body, 10.0)
         if reply.get("janus") == "error":
             raise JanusError(f"janus: {body['janus']}: {reply['error']}")
         return reply
@@ -226,11 +263,13 @@ class JanusSession:
     async def _poll(self) -> None:
         while not self._closed:
             try:
-                events = await asyncio.get_running_loop().run_in_executor(
-                    _HTTP, _http, f"{self._session_url}?maxev=10", None, 40.0)
-            except OSError:
+                events = await _in_thread(_http, f"{self._session_url}?maxev=10", None, 40.0)
+            except Exception:
+                # A refused connection, a garbled reply: poll again, or the
+                # requests waiting on their events would all time out.
                 if self._closed:
                     return
+                log.warning("janus: long poll failed", exc_info=True)
                 await asyncio.sleep(0.1)
                 continue
             for event in events if isinstance(events, list) else [events]:

@@ -56,7 +56,7 @@ What can bias the figures (points where it does are flagged in the output):
   wakes cannot take its core; the report says, for each system, what the
   server got. goldenhour-normal-priority is the same server with
   `--realtime-priority 0`, at the load generator's priority; until
-  2026-11-26 20:40 the default was normal priority and the real-time server
+  2026-11-26 20:22 the default was normal priority and the real-time server
   was the system goldenhour-realtime. Every other process runs at normal
   priority.
 - Forwarding delay is what the SFU measures itself, from a datagram's arrival
@@ -90,6 +90,7 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -401,7 +402,12 @@ async def run_point(system: str, n: int, settings: Settings, log_dir: Path) -> d
                 await server.start()
                 await _wait_healthy(server, health_url)
             if system.startswith("goldenhour"):
-                point["server_scheduling"] = (await http_get_json(f"{http_url}/healthz"))["scheduling"]
+                scheduling = (await http_get_json(f"{http_url}/healthz"))["scheduling"]
+                point["server_scheduling"] = scheduling
+                if scheduling["refused"] and system not in SERVER_ARGS:
+                    point["warnings"].append(
+                        "the server's SCHED_FIFO was refused (not root?): this is the server at "
+                        "normal priority, not as `goldenhour serve` runs where it may")
 
         # Python, aiortc and PyAV take seconds to import on a busy machine:
         # start every process at once; media starts only when all are up.
@@ -592,10 +598,18 @@ def summarise(point: dict, settings: Settings) -> dict:
     rtp_lost: list[int] = []
     decoded_lost = None
     unreadable = 0
+    shifts = (_timestamp_offsets(point["subscribers"], sent, frame_of_painted)
+              if point["system"] in REWRITES_RTP_TIMESTAMPS else None)
+    if shifts is not None and len(shifts) < len(point["subscribers"]):
+        point["warnings"].append(
+            f"{len(point['subscribers']) - len(shifts)} subscriber(s) whose RTP timestamp shift "
+            "could not be found: their frames count as lost")
     for sub in point["subscribers"]:
         rtp = sub["rtp"]
-        if point["system"] in REWRITES_RTP_TIMESTAMPS:
-            rtp = _undo_timestamp_offset(rtp, sent)
+        if shifts is not None:
+            shift = shifts.get(sub["name"])
+            rtp = {**rtp, "rtp_ts": [] if shift is None else
+                   [(t - shift) % _RTP_TS for t in rtp["rtp_ts"]]}
         queued_ms.extend(1000 * (h - c) for c, h in zip(rtp["complete_s"], rtp.get("complete_handed_s", []))
                          if c is not None and h is not None)
         completed = [c for c in rtp["complete_s"] if c is not None]
@@ -709,39 +723,72 @@ def summarise(point: dict, settings: Settings) -> dict:
 #: Servers that shift each subscriber's RTP timestamps by a constant of their
 #: own: Janus's switching context starts every subscriber's stream near 0.
 REWRITES_RTP_TIMESTAMPS = {"janus"}
+_RTP_TS = 1 << 32
 
 
-def _undo_timestamp_offset(rtp: dict, sent: dict) -> dict:
-    """`rtp` (a subscriber's frames) with the publisher's RTP timestamps back.
+def _timestamp_offsets(subscribers: list[dict], sent: dict,
+                       frame_of_painted: Callable[[int, float], int | None]) -> dict[str, int]:
+    """Each subscriber's RTP timestamp shift (received minus sent), by name,
+    for a server that rewrites them.
 
-    The shift is one constant per subscriber. Candidates: a mid-stream frame
-    of this subscriber against each frame the publisher sent in the second
-    before it was complete. The one that maps the most of the subscriber's
-    frames onto sent frames, at a latency between 0 and 1 s, wins, the
-    smallest median latency breaking ties (a shift of one frame more gives
-    the same count at a frame interval more, or a negative latency)."""
-    capture = dict(zip(sent["rtp_ts"], sent["capture_s"]))
-    frames = [(ts, c) for ts, c in zip(rtp["rtp_ts"], rtp["complete_s"]) if c is not None]
-    if not frames or not capture:
-        return rtp
-    sample = frames[::max(1, len(frames) // 300)]
-    probe_ts, probe_complete = frames[len(frames) // 2]
-    best: tuple[int, float, int] | None = None
-    for ts, captured in capture.items():
-        if not 0 <= probe_complete - captured <= 1.0:
+    The decoding subscriber's is exact: each decoded frame has the RTP
+    timestamp it came with and the frame id painted in its pixels, which the
+    publisher's log maps to the timestamp it sent. Every other subscriber's
+    is the shift that lines its frames' completion times up with the
+    decoding subscriber's for the same frames: they receive the same packets
+    within a few ms of each other, where a shift of one frame more or less
+    would put them a frame interval (33 ms) apart. (Aligning on latency
+    alone cannot tell a path that adds 40 ms from one frame off.) A
+    subscriber left out here is not joined, and its frames count as lost."""
+    offsets: dict[str, int] = {}
+    decoder = next((s for s in subscribers if s["decode"]), None)
+    if decoder is None:
+        return offsets
+    sent_ts_of_frame = dict(zip(sent["frame_id"], sent["rtp_ts"]))
+    decoded = decoder["decoded"]
+    votes: dict[int, int] = {}
+    for painted, decoded_s, ts in zip(decoded["frame_id"], decoded["decoded_s"],
+                                      decoded.get("rtp_ts", [])):
+        frame_id = frame_of_painted(painted, decoded_s)
+        if frame_id in sent_ts_of_frame:
+            shift = (ts - sent_ts_of_frame[frame_id]) % _RTP_TS
+            votes[shift] = votes.get(shift, 0) + 1
+    if not votes:
+        return offsets
+    ranked = sorted(votes.values(), reverse=True)
+    shift, count = max(votes.items(), key=lambda kv: kv[1])
+    # A painted clip index can name two frames of a looping clip, so a few
+    # votes go astray (59 of 359 in a 10 s run); a shift without a clear
+    # majority is no shift: join nothing rather than guess.
+    if count < 0.6 * sum(ranked) or (len(ranked) > 1 and count < 3 * ranked[1]):
+        return offsets
+    offsets[decoder["name"]] = shift
+    anchor = {(t - shift) % _RTP_TS: c
+              for t, c in zip(decoder["rtp"]["rtp_ts"], decoder["rtp"]["complete_s"])
+              if c is not None}
+    for sub in subscribers:
+        if sub is decoder:
             continue
-        offset = (probe_ts - ts) % (1 << 32)
-        latencies = sorted(c - capture[(t - offset) % (1 << 32)] for t, c in sample
-                           if (t - offset) % (1 << 32) in capture)
-        latencies = [x for x in latencies if 0 <= x <= 1.0]
-        if latencies:
-            key = (len(latencies), -latencies[len(latencies) // 2], offset)
-            if best is None or key[:2] > best[:2]:
-                best = key
-    if best is None:
-        return rtp
-    offset = best[2]
-    return {**rtp, "rtp_ts": [(t - offset) % (1 << 32) for t in rtp["rtp_ts"]]}
+        frames = [(t, c) for t, c in zip(sub["rtp"]["rtp_ts"], sub["rtp"]["complete_s"])
+                  if c is not None]
+        if not frames or not anchor:
+            continue
+        sample = frames[::max(1, len(frames) // 300)]
+        probe_ts, probe_complete = frames[len(frames) // 2]
+        best: tuple[int, float, int] | None = None
+        for ts, complete in anchor.items():
+            if abs(complete - probe_complete) > 0.5:
+                continue
+            candidate = (probe_ts - ts) % _RTP_TS
+            gaps = sorted(abs(c - anchor[(t - candidate) % _RTP_TS]) for t, c in sample
+                          if (t - candidate) % _RTP_TS in anchor)
+            if len(gaps) >= len(sample) // 2:
+                key = (len(gaps), -gaps[len(gaps) // 2], candidate)
+                if best is None or key[1] > best[1]:
+                    best = key
+        if best is not None:
+            offsets[sub["name"]] = best[2]
+    return offsets
 
 
 def _painted_to_frame_id(captured: dict, clip_index: list[int] | None):
@@ -1166,6 +1213,8 @@ async def run(args: argparse.Namespace) -> dict:
                     if tail:
                         print(f"    --- {name} log (tail) ---\n{tail}", file=sys.stderr)
     finally:
+        if "janus" in args.system_list:
+            janus_baseline.remove_network()
         if args.keep_logs or any("error" in p for p in raw):
             print(f"logs kept in {log_dir}", file=sys.stderr)
         else:
@@ -1211,9 +1260,11 @@ def _legend(s: dict) -> list[str]:
                 f"captured in the window and not complete {drain} after it ends counts as "
                 "lost and ranks last ('lost')."),
         ("Janus", "Debian's janus (1.1.2) videoroom plugin, configured by "
-                  "bench/janus_baseline.py, at normal priority (compare its latency with GoldenHour's normal-priority "
-                  "server). It starts each subscriber's RTP timestamps near 0; the constant is "
-                  "found per subscriber and undone before the join with the publisher's log."),
+                  "bench/janus_baseline.py, at normal priority (compare its latency with "
+                  "GoldenHour's normal-priority server). It starts each subscriber's RTP "
+                  "timestamps near 0: the decoding subscriber's shift comes from its decoded "
+                  "frames' painted ids, every other's from lining its frames up in time with "
+                  "that one's, and each is undone before the join with the publisher's log."),
         ("(a)", "the relay re-encodes, so its RTP timestamps are its own encoders': its "
                 "network-level g2g is not joinable with the publisher's frames. For the relay "
                 "'+direct' and 'lost' are the decoding subscriber's (marked 'dec'), and 'sub "

@@ -450,6 +450,7 @@ class Subscriber:
         self.rtp = RtpFrames()
         self.frame_ids = array("q")
         self.painted_ms = array("q")   # capture time painted in the frame (ms, mod 2**32)
+        self.frame_rtp_ts = array("q")  # each decoded frame's RTP timestamp (its pts)
         self.decoded_s = array("d")    # time.time() when the decoded frame reached us
         self.unreadable = 0
         self.first_decoded_s: float | None = None
@@ -490,6 +491,9 @@ class Subscriber:
             self.frame_ids.append(code.frame_id)
             self.painted_ms.append(code.capture_ms)
             self.decoded_s.append(now_s)
+            # aiortc's decoded frames carry their RTP timestamp as pts: with
+            # the painted id, it shows how a server rewrote the timestamps.
+            self.frame_rtp_ts.append((frame.pts or 0) & 0xFFFFFFFF)
             if self.first_decoded_s is None:
                 self.first_decoded_s = now_s
             self.first_frame.set()
@@ -499,6 +503,7 @@ class Subscriber:
         if self.decode:
             keep = [k for k, t in enumerate(self.decoded_s) if t >= since_s]
             out["decoded"] = {"frame_id": [self.frame_ids[k] for k in keep],
+                              "rtp_ts": [self.frame_rtp_ts[k] for k in keep],
                               "painted_ms": [self.painted_ms[k] for k in keep],
                               "decoded_s": [round(self.decoded_s[k], 6) for k in keep],
                               "unreadable": self.unreadable,
