@@ -560,8 +560,8 @@ class RtpInjector:
                     return
             packet = RtpPacket.parse(data, self._extensions_map)
             self._aiortc_history[sequence_number % RTP_HISTORY_SIZE] = packet
-            self.retransmitted += 1
             await original_retransmit(sequence_number)
+            self.retransmitted += 1
 
         sender.send = send  # type: ignore[method-assign]
         sender._retransmit = retransmit  # type: ignore[method-assign]
