@@ -38,6 +38,8 @@ class RecordingInjector:
     """Stands in for RtpInjector: records what would go on the wire."""
 
     ready = True
+    #: NACKed packets sent again (RtpInjector counts them; none here).
+    retransmitted = 0
 
     def __init__(self, next_seq: int = 1000) -> None:
         self.sent: list[tuple[int, int]] = []  # (out sequence number, RTP timestamp)
