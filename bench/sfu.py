@@ -756,7 +756,7 @@ def _timestamp_offsets(subscribers: list[dict], sent: dict,
     if not votes:
         return offsets
     ranked = sorted(votes.values(), reverse=True)
-    shift, count = max(votes.items(), key=lambda kv: kv[1])
+    shift, count = max(votes.items(), key=lambda kv: kv[1])  # count == ranked[0]
     # A painted clip index can name two frames of a looping clip, so a few
     # votes go astray (59 of 359 in a 10 s run); a shift without a clear
     # majority is no shift: join nothing rather than guess.
@@ -775,19 +775,17 @@ def _timestamp_offsets(subscribers: list[dict], sent: dict,
             continue
         sample = frames[::max(1, len(frames) // 300)]
         probe_ts, probe_complete = frames[len(frames) // 2]
-        best: tuple[int, float, int] | None = None
+        best: tuple[float, int] | None = None  # (median gap, shift)
         for ts, complete in anchor.items():
             if abs(complete - probe_complete) > 0.5:
                 continue
             candidate = (probe_ts - ts) % _RTP_TS
             gaps = sorted(abs(c - anchor[(t - candidate) % _RTP_TS]) for t, c in sample
                           if (t - candidate) % _RTP_TS in anchor)
-            if len(gaps) >= len(sample) // 2:
-                key = (len(gaps), -gaps[len(gaps) // 2], candidate)
-                if best is None or key[1] > best[1]:
-                    best = key
+            if len(gaps) >= len(sample) // 2 and (best is None or gaps[len(gaps) // 2] < best[0]):
+                best = (gaps[len(gaps) // 2], candidate)
         if best is not None:
-            offsets[sub["name"]] = best[2]
+            offsets[sub["name"]] = best[1]
     return offsets
 
 
